@@ -1,0 +1,61 @@
+"""Statuses of a batch and of its per-VPS child tasks (SPEC §3 "Statuses")."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["BatchStatus", "ChildStatus"]
+
+
+class ChildStatus(str, enum.Enum):
+    """Status of one VPS's task within a batch."""
+
+    PENDING = "PENDING"
+    SENT_TO_AGENT = "SENT_TO_AGENT"
+    AGENT_ACCEPTED = "AGENT_ACCEPTED"
+    EXECUTING = "EXECUTING"
+    TERMINATING = "TERMINATING"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    TERMINATED = "TERMINATED"
+    AGENT_UNREACHABLE = "AGENT_UNREACHABLE"
+    AGENT_REJECTED = "AGENT_REJECTED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL_CHILD
+
+
+class BatchStatus(str, enum.Enum):
+    """Overall status of a batch."""
+
+    PENDING = "PENDING"
+    IN_PROGRESS = "IN_PROGRESS"
+    TERMINATING = "TERMINATING"
+    COMPLETED_SUCCESSFULLY = "COMPLETED_SUCCESSFULLY"
+    COMPLETED_WITH_ERRORS = "COMPLETED_WITH_ERRORS"
+    TERMINATED = "TERMINATED"
+    FAILED_TO_START = "FAILED_TO_START"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL_BATCH
+
+
+_TERMINAL_CHILD = frozenset(
+    {
+        ChildStatus.SUCCESS,
+        ChildStatus.FAILURE,
+        ChildStatus.TERMINATED,
+        ChildStatus.AGENT_UNREACHABLE,
+        ChildStatus.AGENT_REJECTED,
+    }
+)
+_TERMINAL_BATCH = frozenset(
+    {
+        BatchStatus.COMPLETED_SUCCESSFULLY,
+        BatchStatus.COMPLETED_WITH_ERRORS,
+        BatchStatus.TERMINATED,
+        BatchStatus.FAILED_TO_START,
+    }
+)
