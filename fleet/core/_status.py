@@ -7,7 +7,7 @@ import enum
 __all__ = ["BatchStatus", "ChildStatus"]
 
 
-class ChildStatus(str, enum.Enum):
+class ChildStatus(enum.StrEnum):
     """Status of one VPS's task within a batch."""
 
     PENDING = "PENDING"
@@ -26,7 +26,7 @@ class ChildStatus(str, enum.Enum):
         return self in _TERMINAL_CHILD
 
 
-class BatchStatus(str, enum.Enum):
+class BatchStatus(enum.StrEnum):
     """Overall status of a batch."""
 
     PENDING = "PENDING"

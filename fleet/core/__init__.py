@@ -1,0 +1,94 @@
+"""Fleet's sans-I/O domain: statuses, the child and batch state machines, events and effects,
+output bookkeeping, and request validation.
+
+Nothing here performs I/O, reads a clock or draws random numbers: time comes in as ``now``
+and decisions come out as values (h11's "bring your own I/O").
+"""
+
+from __future__ import annotations
+
+from ._batch import BATCH_TRANSITIONS as BATCH_TRANSITIONS
+from ._batch import Batch as Batch
+from ._batch import BatchTimers as BatchTimers
+from ._batch import final_status as final_status
+from ._errors import FleetError as FleetError
+from ._errors import InvalidTransition as InvalidTransition
+from ._errors import NotFound as NotFound
+from ._errors import ValidationError as ValidationError
+from ._events import Acked as Acked
+from ._events import AgentLost as AgentLost
+from ._events import AgentReturned as AgentReturned
+from ._events import BatchChanged as BatchChanged
+from ._events import ChildChanged as ChildChanged
+from ._events import ChildEvent as ChildEvent
+from ._events import Dispatched as Dispatched
+from ._events import Effect as Effect
+from ._events import Event as Event
+from ._events import Finished as Finished
+from ._events import OutputSeen as OutputSeen
+from ._events import SendCommand as SendCommand
+from ._events import SendTerminate as SendTerminate
+from ._events import Started as Started
+from ._events import TerminateBatch as TerminateBatch
+from ._events import TerminateChild as TerminateChild
+from ._events import TerminateUnconfirmed as TerminateUnconfirmed
+from ._events import Tick as Tick
+from ._events import Unreachable as Unreachable
+from ._output import Accepted as Accepted
+from ._output import OutputSummary as OutputSummary
+from ._output import StreamCursor as StreamCursor
+from ._request import MAX_COMMAND_BYTES as MAX_COMMAND_BYTES
+from ._request import MAX_TARGETS as MAX_TARGETS
+from ._request import MAX_TIMEOUT_S as MAX_TIMEOUT_S
+from ._request import BatchRequest as BatchRequest
+from ._request import check_references as check_references
+from ._request import parse_id as parse_id
+from ._request import validate_batch_request as validate_batch_request
+from ._status import BatchStatus as BatchStatus
+from ._status import ChildStatus as ChildStatus
+from ._task import CHILD_TRANSITIONS as CHILD_TRANSITIONS
+from ._task import ChildTask as ChildTask
+
+__all__ = [
+    "BATCH_TRANSITIONS",
+    "CHILD_TRANSITIONS",
+    "MAX_COMMAND_BYTES",
+    "MAX_TARGETS",
+    "MAX_TIMEOUT_S",
+    "Accepted",
+    "Acked",
+    "AgentLost",
+    "AgentReturned",
+    "Batch",
+    "BatchChanged",
+    "BatchRequest",
+    "BatchStatus",
+    "BatchTimers",
+    "ChildChanged",
+    "ChildEvent",
+    "ChildStatus",
+    "ChildTask",
+    "Dispatched",
+    "Effect",
+    "Event",
+    "Finished",
+    "FleetError",
+    "InvalidTransition",
+    "NotFound",
+    "OutputSeen",
+    "OutputSummary",
+    "SendCommand",
+    "SendTerminate",
+    "Started",
+    "StreamCursor",
+    "TerminateBatch",
+    "TerminateChild",
+    "TerminateUnconfirmed",
+    "Tick",
+    "Unreachable",
+    "ValidationError",
+    "check_references",
+    "final_status",
+    "parse_id",
+    "validate_batch_request",
+]

@@ -1,0 +1,230 @@
+"""A batch: one command sent to many VPSes, and the rules that aggregate its children.
+
+Theory of operation
+-------------------
+Event-triggered transitions are per child (``fleet.core._task.CHILD_TRANSITIONS``); the batch
+routes each child event to its child. State-triggered transitions are batch-level rules in
+``_settle``, applied after every event until nothing changes (h11's split):
+
+1. ``PENDING`` becomes ``IN_PROGRESS`` once no child is ``PENDING`` any more (every target was
+   either sent its command or found unreachable), or as soon as one child was sent.
+2. When every child is terminal the batch becomes final:
+   a user terminated the batch → ``TERMINATED``; no child ever reached its agent →
+   ``FAILED_TO_START``; every child ``SUCCESS`` → ``COMPLETED_SUCCESSFULLY``; otherwise
+   ``COMPLETED_WITH_ERRORS``.
+3. A final batch never changes again; terminating it is a harmless no-op.
+
+Deadlines (``next_deadline``) are fed back as ``Tick``: a child whose agent was lost is
+``AGENT_UNREACHABLE`` once ``reconnect_grace_s`` passed without the agent coming back; a child
+with a command timeout that has no result long after it (``timeout + result_slack_s``) is a
+``FAILURE`` and is told to terminate.
+
+Effects tell the owner what to do: ``SendCommand`` (once per child, from ``start``),
+``SendTerminate`` (cancel that child's scope; its cleanup tells the agent), ``ChildChanged`` and
+``BatchChanged`` (persist and publish).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ._errors import InvalidTransition
+from ._events import (
+    AgentLost,
+    BatchChanged,
+    ChildChanged,
+    ChildEvent,
+    Dispatched,
+    Effect,
+    Event,
+    SendCommand,
+    SendTerminate,
+    TerminateBatch,
+    TerminateChild,
+    Tick,
+)
+from ._status import BatchStatus, ChildStatus
+from ._task import ChildTask
+
+__all__ = ["BATCH_TRANSITIONS", "Batch", "BatchTimers", "final_status"]
+
+B = BatchStatus
+
+#: Batch-level transitions that users drive (the rest are rules in ``_settle``).
+BATCH_TRANSITIONS: dict[tuple[BatchStatus, type], BatchStatus] = {
+    (B.PENDING, TerminateBatch): B.TERMINATING,
+    (B.IN_PROGRESS, TerminateBatch): B.TERMINATING,
+    (B.TERMINATING, TerminateBatch): B.TERMINATING,
+    **{(s, TerminateBatch): s for s in B if s.is_terminal},
+}
+
+
+@dataclass(frozen=True)
+class BatchTimers:
+    """Durations (seconds) the batch's deadline rules use."""
+
+    reconnect_grace_s: float = 30.0
+    result_slack_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.reconnect_grace_s < 0 or self.result_slack_s < 0:
+            raise ValueError("durations must not be negative")
+
+
+def final_status(children: Iterable[ChildTask], *, user_terminated: bool) -> BatchStatus:
+    """The final status of a batch whose children are all terminal (SPEC §3)."""
+    tasks = list(children)
+    if user_terminated:
+        return B.TERMINATED
+    if all(t.sent_at is None for t in tasks):
+        return B.FAILED_TO_START
+    if all(t.status is ChildStatus.SUCCESS for t in tasks):
+        return B.COMPLETED_SUCCESSFULLY
+    return B.COMPLETED_WITH_ERRORS
+
+
+class Batch:
+    """The state of one batch and its children; events in, effects out.
+
+    Args:
+        batch_id: the batch's id.
+        children: its tasks (at least one), each ``PENDING``.
+        timeout_s: the command's timeout (0 = none), for the server-side result deadline.
+        timers: reconnect grace and result slack.
+    """
+
+    def __init__(
+        self,
+        batch_id: str,
+        children: Iterable[ChildTask],
+        *,
+        timeout_s: float = 0,
+        timers: BatchTimers | None = None,
+    ) -> None:
+        self.batch_id = batch_id
+        self.children: dict[str, ChildTask] = {c.child_id: c for c in children}
+        if not self.children:
+            raise ValueError("a batch needs at least one child")
+        if timeout_s < 0:
+            raise ValueError("timeout_s must not be negative")
+        self.status = B.PENDING
+        self.user_terminated = False
+        self.timeout_s = timeout_s
+        self.timers = timers or BatchTimers()
+        self.completed_at: float | None = None
+        self.updated_at: float | None = None
+        self._started = False
+
+    @property
+    def is_final(self) -> bool:
+        return self.status.is_terminal
+
+    def counts(self) -> dict[str, int]:
+        """How many children are in each status (statuses with none are left out)."""
+        out: dict[str, int] = {}
+        for task in self.children.values():
+            out[task.status.value] = out.get(task.status.value, 0) + 1
+        return out
+
+    def start(self, *, now: float) -> list[Effect]:
+        """Ask for every child's command to be sent. Call once."""
+        if self._started:
+            raise InvalidTransition(self.status, "start")
+        self._started = True
+        self.updated_at = now
+        return [SendCommand(t.child_id, t.vps_id) for t in self.children.values()]
+
+    def handle(self, event: Event, *, now: float) -> list[Effect]:
+        """Apply one event and return the effects for the owner to carry out.
+
+        Raises:
+            InvalidTransition: the event is illegal for its child (or the batch); nothing
+                changed.
+            KeyError: the event names a child this batch does not have.
+        """
+        effects: list[Effect] = []
+        if isinstance(event, TerminateBatch):
+            self._terminate_batch(now, effects)
+        elif isinstance(event, Tick):
+            self._tick(now, effects)
+        else:
+            self._child_event(event, now, effects)
+        self._settle(now, effects)
+        return effects
+
+    def next_deadline(self) -> float | None:
+        """The earliest time at which a ``Tick`` would change something, or ``None``."""
+        deadlines = [d for t in self.children.values() if (d := self._deadline(t)) is not None]
+        return min(deadlines, default=None)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _child_event(self, event: ChildEvent, now: float, effects: list[Effect]) -> None:
+        task = self.children[event.child_id]
+        was = task.status
+        changed = task.handle(event, now=now)
+        if isinstance(event, TerminateChild) and was is not task.status and not task.is_terminal:
+            effects.append(SendTerminate(task.child_id, task.vps_id))
+        if changed or isinstance(event, AgentLost | Dispatched):
+            effects.append(ChildChanged(task.child_id))
+
+    def _terminate_batch(self, now: float, effects: list[Effect]) -> None:
+        self.status = BATCH_TRANSITIONS[(self.status, TerminateBatch)]
+        if self.is_final:
+            return
+        if not self.user_terminated:
+            self.user_terminated = True
+            self.updated_at = now
+            effects.append(BatchChanged())
+        for task in self.children.values():
+            if task.is_terminal or task.status is ChildStatus.TERMINATING:
+                continue
+            self._child_event(TerminateChild(task.child_id), now, effects)
+
+    def _tick(self, now: float, effects: list[Effect]) -> None:
+        for task in self.children.values():
+            deadline = self._deadline(task)
+            if deadline is None or now < deadline:
+                continue
+            if task.lost_since is not None:
+                grace = self.timers.reconnect_grace_s
+                task.expire(
+                    ChildStatus.AGENT_UNREACHABLE,
+                    f"the agent disconnected and did not come back within {grace:g} s",
+                    now=now,
+                )
+            else:
+                task.expire(
+                    ChildStatus.FAILURE,
+                    f"no result from the agent within {self.timeout_s:g} s timeout "
+                    f"(+{self.timers.result_slack_s:g} s)",
+                    now=now,
+                )
+                effects.append(SendTerminate(task.child_id, task.vps_id))
+            effects.append(ChildChanged(task.child_id))
+
+    def _deadline(self, task: ChildTask) -> float | None:
+        if task.is_terminal:
+            return None
+        if task.lost_since is not None:
+            return task.lost_since + self.timers.reconnect_grace_s
+        if self.timeout_s and task.sent_at is not None:
+            return task.sent_at + self.timeout_s + self.timers.result_slack_s
+        return None
+
+    def _settle(self, now: float, effects: list[Effect]) -> None:
+        before = self.status
+        tasks = self.children.values()
+        if self.status is B.PENDING and (
+            all(t.status is not ChildStatus.PENDING for t in tasks)
+            or any(t.sent_at is not None for t in tasks)
+        ):
+            self.status = B.IN_PROGRESS
+        if not self.is_final and all(t.is_terminal for t in tasks):
+            self.status = final_status(tasks, user_terminated=self.user_terminated)
+            self.completed_at = now
+        if self.status is not before:
+            self.updated_at = now
+            if not any(isinstance(e, BatchChanged) for e in effects):
+                effects.append(BatchChanged())

@@ -1,0 +1,217 @@
+"""Events that drive a batch (in) and effects it asks its owner to carry out (out).
+
+Events and effects are frozen dataclasses that validate themselves when built (h11's
+``_events.py``): a malformed event never reaches a state machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._status import ChildStatus
+
+__all__ = [
+    "Acked",
+    "AgentLost",
+    "AgentReturned",
+    "BatchChanged",
+    "ChildChanged",
+    "ChildEvent",
+    "Dispatched",
+    "Effect",
+    "Event",
+    "Finished",
+    "OutputSeen",
+    "SendCommand",
+    "SendTerminate",
+    "Started",
+    "TerminateBatch",
+    "TerminateChild",
+    "TerminateUnconfirmed",
+    "Tick",
+    "Unreachable",
+]
+
+_RESULT_STATUSES = frozenset({ChildStatus.SUCCESS, ChildStatus.FAILURE, ChildStatus.TERMINATED})
+
+
+def _need_id(child_id: str) -> None:
+    if not isinstance(child_id, str) or not child_id:
+        raise ValueError("child_id must be a non-empty string")
+
+
+# --- events about one child ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    """The command was handed to a connected agent's stream."""
+
+    child_id: str
+
+    def __post_init__(self) -> None:
+        _need_id(self.child_id)
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    """The target's agent was not connected when the command was to be sent."""
+
+    child_id: str
+    reason: str = "agent is not connected"
+
+    def __post_init__(self) -> None:
+        _need_id(self.child_id)
+
+
+@dataclass(frozen=True)
+class Acked:
+    """The agent answered ``BatchCommandAck``: accepted, or rejected with a reason."""
+
+    child_id: str
+    accepted: bool
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _need_id(self.child_id)
+
+
+@dataclass(frozen=True)
+class Started:
+    """The agent's process is running (``BatchCommandStarted``)."""
+
+    child_id: str
+    pid: int = 0
+
+    def __post_init__(self) -> None:
+        _need_id(self.child_id)
+        if self.pid < 0:
+            raise ValueError("pid must not be negative")
+
+
+@dataclass(frozen=True)
+class OutputSeen:
+    """Output arrived for the child (a peer without the extensions starts with this)."""
+
+    child_id: str
+
+    def __post_init__(self) -> None:
+        _need_id(self.child_id)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The agent reported the final result (``BatchCommandResult``)."""
+
+    child_id: str
+    status: ChildStatus
+    exit_code: int | None = None
+    error_message: str | None = None
+
+    def __post_init__(self) -> None:
+        _need_id(self.child_id)
+        if self.status not in _RESULT_STATUSES:
+            raise ValueError(f"an agent result cannot be {self.status}")
+
+
+@dataclass(frozen=True)
+class TerminateChild:
+    """A user asked to terminate one child."""
+
+    child_id: str
+
+    def __post_init__(self) -> None:
+        _need_id(self.child_id)
+
+
+@dataclass(frozen=True)
+class TerminateUnconfirmed:
+    """The terminate was sent but the agent did not confirm it within the cleanup bound."""
+
+    child_id: str
+    waited_s: float
+
+    def __post_init__(self) -> None:
+        _need_id(self.child_id)
+
+
+@dataclass(frozen=True)
+class AgentLost:
+    """The child's agent disconnected while the child was running."""
+
+    child_id: str
+
+    def __post_init__(self) -> None:
+        _need_id(self.child_id)
+
+
+@dataclass(frozen=True)
+class AgentReturned:
+    """The child's agent reconnected within the grace period."""
+
+    child_id: str
+
+    def __post_init__(self) -> None:
+        _need_id(self.child_id)
+
+
+ChildEvent = (
+    Dispatched
+    | Unreachable
+    | Acked
+    | Started
+    | OutputSeen
+    | Finished
+    | TerminateChild
+    | TerminateUnconfirmed
+    | AgentLost
+    | AgentReturned
+)
+
+# --- events about the whole batch ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TerminateBatch:
+    """A user asked to terminate the whole batch."""
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed; deadlines up to ``now`` fire."""
+
+
+Event = ChildEvent | TerminateBatch | Tick
+
+# --- effects ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendCommand:
+    """Send the batch's command to this child's agent (or report it unreachable)."""
+
+    child_id: str
+    vps_id: int
+
+
+@dataclass(frozen=True)
+class SendTerminate:
+    """Stop this child: its owner cancels the child's scope, whose cleanup tells the agent."""
+
+    child_id: str
+    vps_id: int
+
+
+@dataclass(frozen=True)
+class ChildChanged:
+    """Persist and publish this child's new state."""
+
+    child_id: str
+
+
+@dataclass(frozen=True)
+class BatchChanged:
+    """Persist and publish the batch's new overall state."""
+
+
+Effect = SendCommand | SendTerminate | ChildChanged | BatchChanged

@@ -1,0 +1,207 @@
+"""Validation of request bodies (``POST /api/batch_commands`` and friends), without I/O.
+
+``validate_batch_request`` checks the body's shape and returns the normalised request, or raises
+``ValidationError`` listing *every* problem found, each with its field and a reason. Checks that
+need the store (do the targets exist? does the script?) take what the store knows as arguments:
+``check_references``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import ValidationError
+
+__all__ = [
+    "MAX_COMMAND_BYTES",
+    "MAX_TARGETS",
+    "MAX_TIMEOUT_S",
+    "BatchRequest",
+    "check_references",
+    "parse_id",
+    "validate_batch_request",
+]
+
+MAX_COMMAND_BYTES = 1024 * 1024
+MAX_TARGETS = 10_000
+MAX_TIMEOUT_S = 7 * 24 * 3600
+MAX_ALIAS = 200
+MAX_PATH = 4096
+
+_FIELDS = frozenset(
+    {
+        "command_content",
+        "script_id",
+        "working_directory",
+        "target_vps_ids",
+        "execution_alias",
+        "timeout_seconds",
+    }
+)
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """A valid, normalised batch request (targets de-duplicated, order kept)."""
+
+    target_vps_ids: tuple[int, ...]
+    command_content: str | None = None
+    script_id: int | None = None
+    working_directory: str | None = None
+    execution_alias: str | None = None
+    timeout_seconds: int = 0
+
+
+def parse_id(value: object) -> int | None:
+    """An id given as a positive integer or a string of digits, else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 < value < 2**31 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
+        number = int(value)
+        return number if 0 < number < 2**31 else None
+    return None
+
+
+def validate_batch_request(body: object) -> BatchRequest:
+    """Check a ``POST /api/batch_commands`` body.
+
+    Raises:
+        ValidationError: with every problem found (``errors`` is a list of
+            ``{"field", "reason"}``).
+    """
+    if not isinstance(body, Mapping):
+        raise ValidationError([{"field": "body", "reason": "must be a JSON object"}])
+    errors: list[dict[str, Any]] = []
+
+    def fail(field: str, reason: str, **extra: Any) -> None:
+        errors.append({"field": field, "reason": reason, **extra})
+
+    for name in sorted(set(body) - _FIELDS):
+        fail(str(name), "unknown field")
+
+    command = body.get("command_content")
+    script = body.get("script_id")
+    has_command = command is not None and command != ""
+    has_script = script is not None and script != ""
+    command_content: str | None = None
+    script_id: int | None = None
+    if has_command and has_script:
+        fail("command_content", "give either command_content or script_id, not both")
+    elif not has_command and not has_script:
+        fail("command_content", "give command_content or script_id")
+    elif has_command:
+        if not isinstance(command, str):
+            fail("command_content", "must be a string")
+        elif not command.strip():
+            fail("command_content", "must not be blank")
+        elif "\x00" in command:
+            fail("command_content", "must not contain NUL characters")
+        elif len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
+            fail("command_content", f"must be at most {MAX_COMMAND_BYTES} bytes")
+        else:
+            command_content = command
+    else:
+        script_id = parse_id(script)
+        if script_id is None:
+            fail("script_id", "must be a positive integer")
+
+    targets = _targets(body.get("target_vps_ids"), fail)
+    working_directory = _optional_text(
+        body.get("working_directory"), "working_directory", MAX_PATH, fail
+    )
+    alias = _optional_text(body.get("execution_alias"), "execution_alias", MAX_ALIAS, fail)
+
+    timeout = body.get("timeout_seconds")
+    timeout_seconds = 0
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int):
+            fail("timeout_seconds", "must be a whole number of seconds")
+        elif not 0 <= timeout <= MAX_TIMEOUT_S:
+            fail("timeout_seconds", f"must be between 0 (no limit) and {MAX_TIMEOUT_S}")
+        else:
+            timeout_seconds = timeout
+
+    if errors:
+        raise ValidationError(errors)
+    return BatchRequest(
+        target_vps_ids=targets,
+        command_content=command_content,
+        script_id=script_id,
+        working_directory=working_directory,
+        execution_alias=alias,
+        timeout_seconds=timeout_seconds,
+    )
+
+
+def check_references(
+    request: BatchRequest,
+    *,
+    known_vps_ids: Collection[int],
+    script_exists: bool | None = None,
+) -> None:
+    """Check what needs the store: every target exists, and the script if one is named.
+
+    Raises:
+        ValidationError: naming every unknown target (``unknown_ids``) and an unknown script.
+    """
+    errors: list[dict[str, Any]] = []
+    unknown = [vps_id for vps_id in request.target_vps_ids if vps_id not in known_vps_ids]
+    if unknown:
+        shown = ", ".join(map(str, unknown[:20])) + (" …" if len(unknown) > 20 else "")
+        errors.append(
+            {
+                "field": "target_vps_ids",
+                "reason": f"unknown VPS ids: {shown}",
+                "unknown_ids": unknown,
+            }
+        )
+    if request.script_id is not None and not script_exists:
+        errors.append({"field": "script_id", "reason": f"no script with id {request.script_id}"})
+    if errors:
+        raise ValidationError(errors)
+
+
+def _targets(value: object, fail: Any) -> tuple[int, ...]:
+    if value is None:
+        fail("target_vps_ids", "is required: a non-empty list of VPS ids")
+        return ()
+    if not isinstance(value, list):
+        fail("target_vps_ids", "must be a list of VPS ids")
+        return ()
+    if not value:
+        fail("target_vps_ids", "must not be empty")
+        return ()
+    if len(value) > MAX_TARGETS:
+        fail("target_vps_ids", f"at most {MAX_TARGETS} targets per batch")
+        return ()
+    seen: dict[int, None] = {}
+    bad: list[object] = []
+    for item in value:
+        parsed = parse_id(item)
+        if parsed is None:
+            bad.append(item)
+        else:
+            seen.setdefault(parsed, None)
+    if bad:
+        shown = ", ".join(repr(b) for b in bad[:10]) + (" …" if len(bad) > 10 else "")
+        fail("target_vps_ids", f"not VPS ids (positive integers or digit strings): {shown}")
+    return tuple(seen)
+
+
+def _optional_text(value: object, field: str, limit: int, fail: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        fail(field, "must be a string")
+        return None
+    if "\x00" in value:
+        fail(field, "must not contain NUL characters")
+        return None
+    if len(value) > limit:
+        fail(field, f"must be at most {limit} characters")
+        return None
+    return value
