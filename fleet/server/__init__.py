@@ -1,0 +1,1 @@
+"""Fleet's server: REST API, live feed, agent RPC, batch supervisor and store."""

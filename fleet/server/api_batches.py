@@ -1,0 +1,165 @@
+"""REST routes and the live feed for batches."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from datetime import UTC, datetime
+
+import trio
+from quart import Response, request, send_file, websocket
+from quart_trio import QuartTrio
+
+from fleet import core
+
+from .api import ApiError, Services, int_arg, json_body, json_response
+from .feed import Overrun, Subscription
+from .logs import STREAMS
+from .store import BatchRecord, Store
+from .views import batch_summary_view, batch_view, vps_view
+
+__all__ = ["register"]
+
+logger = logging.getLogger(__name__)
+
+
+def register(app: QuartTrio, services: Services) -> None:
+    db = services.db
+    supervisor = services.supervisor
+
+    async def load(batch_id: str) -> BatchRecord:
+        run = supervisor.get(batch_id)
+        return run.snapshot() if run is not None else await db.run(Store.get_batch, batch_id)
+
+    @app.post("/api/batch_commands")
+    async def create_batch() -> Response:
+        body = await json_body()
+        req = core.validate_batch_request(body)
+        known = await db.run(Store.get_vps_many, req.target_vps_ids)
+        script = None
+        if req.script_id is not None:
+            try:
+                script = await db.run(Store.get_script, req.script_id)
+            except core.NotFound:
+                script = None
+        core.check_references(req, known_vps_ids=known, script_exists=script is not None)
+        batch_id = str(uuid.uuid4())
+        targets = [(str(uuid.uuid4()), v, known[v].name) for v in req.target_vps_ids]
+        record = await db.run(
+            Store.create_batch,
+            batch_id=batch_id,
+            payload=body,
+            execution_alias=req.execution_alias,
+            user_id="admin",
+            command_type="SAVED_SCRIPT" if script is not None else "ADHOC_COMMAND",
+            command_content=script.content if script is not None else req.command_content,
+            script_id=req.script_id,
+            working_directory=req.working_directory,
+            timeout_seconds=req.timeout_seconds,
+            targets=targets,
+            log_dir=services.config.data_dir / "logs",
+            now=datetime.now(UTC),
+        )
+        supervisor.submit(record)
+        logger.info("batch=%s created for %s targets", batch_id, len(targets))
+        return json_response(
+            {
+                "batch_command_id": batch_id,
+                "status": "PENDING",
+                "message": f"Batch command accepted for {len(targets)} VPS(es).",
+            },
+            202,
+        )
+
+    @app.get("/api/batch_commands")
+    async def list_batches() -> Response:
+        limit = int_arg("limit", 50, low=1, high=500)
+        offset = int_arg("offset", 0, low=0, high=10**9)
+        records, total = await db.run(Store.list_batches, limit=limit, offset=offset)
+        items = []
+        for record in records:
+            run = supervisor.get(record.id)
+            if run is not None:
+                record = dataclasses.replace(
+                    record, status=run.batch.status, counts=run.batch.counts()
+                )
+            items.append(batch_summary_view(record))
+        return json_response({"items": items, "total": total, "limit": limit, "offset": offset})
+
+    @app.get("/api/batch_commands/<batch_id>")
+    async def get_batch(batch_id: str) -> Response:
+        return json_response(batch_view(await load(batch_id)))
+
+    @app.post("/api/batch_commands/<batch_id>/terminate")
+    async def terminate_batch(batch_id: str) -> Response:
+        run = supervisor.get(batch_id)
+        if run is not None:
+            run.terminate()
+            status = run.batch.status
+        else:
+            status = (await db.run(Store.get_batch, batch_id)).status
+        return json_response({"batch_command_id": batch_id, "overall_status": status.value}, 202)
+
+    @app.post("/api/batch_commands/<batch_id>/tasks/<child_id>/terminate")
+    async def terminate_child(batch_id: str, child_id: str) -> Response:
+        run = supervisor.get(batch_id)
+        if run is not None and child_id in run.batch.children:
+            run.terminate(child_id)
+            status = run.batch.children[child_id].status
+        elif run is not None:
+            raise core.NotFound("task", child_id)
+        else:
+            status = (await db.run(Store.get_child, batch_id, child_id)).status
+        return json_response({"child_command_id": child_id, "status": status.value}, 202)
+
+    @app.get("/api/batch_commands/<batch_id>/tasks/<child_id>/output")
+    async def output(batch_id: str, child_id: str) -> Response:
+        stream = request.args.get("stream", "stdout")
+        if stream not in STREAMS:
+            raise ApiError(400, "bad_request", "stream must be stdout or stderr")
+        child = await db.run(Store.get_child, batch_id, child_id)
+        path = child.stdout_log_path if stream == "stdout" else child.stderr_log_path
+        name = f"{child.vps_name}-{child_id[:8]}.{stream}.log"
+        if path is None or not await trio.Path(path).exists():
+            response = Response(b"", status=200, content_type="application/octet-stream")
+            response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+            return response
+        return await send_file(
+            path,
+            mimetype="application/octet-stream",
+            as_attachment=True,
+            attachment_filename=name,
+            add_etags=False,
+        )
+
+    @app.websocket("/ws/batch_commands/<batch_id>")
+    async def batch_feed(batch_id: str) -> None:
+        with services.hub.subscribe(batch_id) as sub:
+            try:
+                snapshot = await load(batch_id)
+            except core.NotFound:
+                await websocket.accept()
+                await websocket.close(1008, "no such batch")
+                return
+            await websocket.send_json({"type": "SNAPSHOT", "batch": batch_view(snapshot)})
+            await _pump(sub)
+
+    @app.websocket("/ws/vps")
+    async def vps_feed() -> None:
+        with services.hub.subscribe("vps") as sub:
+            records = await db.run(Store.list_vps)
+            items = [vps_view(r, online=services.registry.is_online(r.id)) for r in records]
+            await websocket.send_json({"type": "VPS_SNAPSHOT", "vps": items})
+            await _pump(sub)
+
+
+async def _pump(sub: Subscription) -> None:
+    while True:
+        try:
+            items = await sub.get()
+        except Overrun:
+            await websocket.close(1013, "the client fell behind; reconnect for a new snapshot")
+            return
+        for text in items:
+            await websocket.send(text)

@@ -1,0 +1,134 @@
+"""The server's configuration: one frozen dataclass, validated once at start."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ConfigError", "ServerConfig", "parse_hostport"]
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message is one line for the operator."""
+
+
+def parse_hostport(value: str, *, name: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6); port 0 asks the OS for a free port."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``fleet-server`` needs to run.
+
+    Durations are seconds (``_s``), sizes bytes.
+    """
+
+    http: str = "127.0.0.1:8080"
+    grpc: str = "127.0.0.1:50051"
+    data_dir: Path = Path("fleet-data")
+    db_url: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    reconnect_grace_s: float = 30.0
+    output_cap_bytes: int = 64 * 1024 * 1024
+    summary_lines: int = 20
+    terminate_confirm_s: float = 15.0
+    result_slack_s: float = 60.0
+    handshake_timeout_s: float = 10.0
+    flush_interval_s: float = 0.1
+    keepalive_s: float = 20.0
+    keepalive_timeout_s: float = 10.0
+    shutdown_grace_s: float = 5.0
+    log_level: str = "INFO"
+    demo: int = 0
+
+    def __post_init__(self) -> None:
+        self.http_endpoint  # noqa: B018 - validates
+        self.grpc_endpoint  # noqa: B018
+        for name in (
+            "reconnect_grace_s",
+            "terminate_confirm_s",
+            "result_slack_s",
+            "handshake_timeout_s",
+            "flush_interval_s",
+            "keepalive_s",
+            "keepalive_timeout_s",
+            "shutdown_grace_s",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value < 0 or value != value:
+                raise ConfigError(f"{name}: must be a number of seconds ≥ 0, got {value!r}")
+        if self.output_cap_bytes < 0:
+            raise ConfigError("output cap: must be ≥ 0 bytes")
+        if not 1 <= self.summary_lines <= 1000:
+            raise ConfigError("summary lines: must be between 1 and 1000")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"TLS file not found: {path}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(f"log level: unknown {self.log_level!r}")
+        if not 0 <= self.demo <= 1000:
+            raise ConfigError("--demo: between 0 and 1000 agents")
+        if self.db_url is not None and not self.db_url.startswith(
+            ("sqlite:", "postgres://", "postgresql://")
+        ):
+            raise ConfigError(
+                f"--db: expected postgres://… or sqlite:PATH, got {self.db_url.split(':')[0]!r}"
+            )
+
+    @property
+    def http_endpoint(self) -> tuple[str, int]:
+        return parse_hostport(self.http, name="--http")
+
+    @property
+    def grpc_endpoint(self) -> tuple[str, int]:
+        return parse_hostport(self.grpc, name="--grpc")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def public_listeners(self) -> list[str]:
+        """Listeners bound beyond loopback (worth a warning without TLS)."""
+        out = []
+        for name, (host, _port) in (("http", self.http_endpoint), ("grpc", self.grpc_endpoint)):
+            if not _is_loopback(host):
+                out.append(f"{name} on {host}")
+        return out
+
+    def replace(self, **changes: object) -> ServerConfig:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def for_test(cls, data_dir: Path, **changes: object) -> ServerConfig:
+        """Port 0 everywhere and short timeouts, for tests."""
+        base = cls(
+            http="127.0.0.1:0",
+            grpc="127.0.0.1:0",
+            data_dir=data_dir,
+            reconnect_grace_s=2.0,
+            terminate_confirm_s=5.0,
+            handshake_timeout_s=5.0,
+            flush_interval_s=0.02,
+            shutdown_grace_s=2.0,
+        )
+        return base.replace(**changes)

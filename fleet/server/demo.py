@@ -1,0 +1,73 @@
+"""``fleet-server --demo N``: N real agents in this process, registered as ``demo-1..N``."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from fleet.agent.config import AgentConfig, Secret
+from fleet.agent.run import run_agent
+from fleet.core import NotFound, ValidationError
+
+from .agents import hash_secret, new_secret
+from .api import Services
+from .config import ServerConfig
+from .store import Store
+
+__all__ = ["run_agents"]
+
+logger = logging.getLogger(__name__)
+
+
+async def _register(services: Services, name: str) -> tuple[int, str]:
+    """Create (or re-key) the demo VPS ``name``; return its id and a fresh secret."""
+    secret = new_secret()
+    digest = hash_secret(secret)
+    try:
+        record = await services.db.run(Store.create_vps, name, ["demo"], digest)
+    except ValidationError:  # already there from an earlier run: issue a new secret
+        existing = {v.name: v for v in await services.db.run(Store.list_vps)}
+        record = existing[name]
+        try:
+            await services.db.run(Store.set_vps_secret, record.id, digest)
+        except NotFound:  # pragma: no cover - deleted between the two calls
+            raise
+    services.credentials.set(record.id, digest)
+    return record.id, secret
+
+
+async def run_agents(
+    config: ServerConfig,
+    services: Services,
+    *,
+    task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Register and run ``config.demo`` agents until cancelled.
+
+    ``started()`` gets the VPS ids once every agent's first handshake succeeded (bounded by
+    30 s; later ones keep trying in the background).
+    """
+    ids: list[int] = []
+    all_online = trio.Event()
+
+    def check(_vps_id: int, _online: bool) -> None:
+        if ids and all(services.registry.is_online(i) for i in ids):
+            all_online.set()
+
+    services.registry.subscribe(check)
+    async with trio.open_nursery() as nursery:
+        for i in range(1, config.demo + 1):
+            vps_id, secret = await _register(services, f"demo-{i}")
+            ids.append(vps_id)
+            agent = AgentConfig(
+                server=services.grpc_address,
+                vps_id=vps_id,
+                secret=Secret(secret),
+                log_level=config.log_level,
+            )
+            nursery.start_soon(run_agent, agent)
+        check(0, True)
+        with trio.move_on_after(30):
+            await all_online.wait()
+        task_status.started(ids)

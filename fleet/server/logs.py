@@ -1,0 +1,88 @@
+"""Output logs: byte-exact files per child stream, with de-duplication, a cap and a summary.
+
+``<data-dir>/logs/<batch>/<child>.stdout|.stderr``. Writes are small appends to the page cache
+made on the trio thread (the agent coalesces output into chunks of up to 64 KiB, so a chunk is
+one ``write`` system call); the file is opened on first output and closed when the child ends.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+from pathlib import Path
+from typing import BinaryIO
+
+from fleet.core import OutputSummary, StreamCursor
+
+__all__ = ["LogSink", "log_path"]
+
+logger = logging.getLogger(__name__)
+
+STREAMS = ("stdout", "stderr")
+
+
+def log_path(logs_dir: Path, batch_id: str, child_id: str, stream: str) -> Path:
+    if stream not in STREAMS:
+        raise ValueError(f"unknown stream {stream!r}")
+    return logs_dir / batch_id / f"{child_id}.{stream}"
+
+
+class LogSink:
+    """One stream of one child: where its bytes go and what the API shows of them."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        cap: int,
+        summary_lines: int,
+        summary: list[str] | None = None,
+    ) -> None:
+        self.path = path
+        position = path.stat().st_size if path.exists() else 0
+        self.cursor = StreamCursor(cap=cap, position=position)
+        self.summary = (
+            OutputSummary.of(summary, max_lines=summary_lines)
+            if summary
+            else OutputSummary(max_lines=summary_lines)
+        )
+        self._file: BinaryIO | None = None
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.dirty = False
+
+    @property
+    def size(self) -> int:
+        """Bytes of the stream seen so far (kept or cut by the cap)."""
+        return self.cursor.position
+
+    @property
+    def truncated(self) -> bool:
+        return self.cursor.truncated
+
+    def write(self, chunk: bytes, offset: int | None) -> tuple[int, str] | None:
+        """Append the new part of ``chunk``; return ``(offset, text)`` of what was new."""
+        start = self.cursor.position
+        accepted = self.cursor.accept(chunk, offset)
+        if accepted.gap:
+            logger.warning(
+                "log=%s %s bytes missing before offset %s", self.path, accepted.gap, offset
+            )
+            start += accepted.gap
+        if not accepted.data and not accepted.truncated:
+            return None
+        self.dirty = True
+        if accepted.data:
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "ab", buffering=0)
+            self._file.write(accepted.data)
+            self.summary.feed(accepted.data)
+        text = self._decoder.decode(accepted.data)
+        if accepted.truncated:
+            text += f"\n[fleet: output beyond {self.cursor.cap} bytes is not kept]\n"
+        return start, text
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

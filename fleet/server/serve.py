@@ -1,0 +1,179 @@
+"""Assembles the server: store, registry, supervisor, gRPC island and HTTP app in one trio run.
+
+Task tree::
+
+    serve(config)                          root; started(Endpoints)
+     ├─ open_db_thread                     the one DB thread (Pony)
+     ├─ WriteBack.run                      batched store writes
+     ├─ Supervisor.run                     the batch nursery: one nursery per batch
+     ├─ rpc.serve                          the asyncio island (grpclib) for agent streams
+     ├─ hypercorn.trio.serve               Quart-Trio: REST, feed, UI
+     └─ demo.run_agents                    with --demo N: N real agents in this process
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from fleet import core
+
+from . import api_inventory, rpc
+from .agents import AgentRegistry, Credentials, hash_secret, new_secret
+from .api import Services, create_app
+from .config import ServerConfig
+from .dbthread import DbThread, open_db_thread
+from .feed import FeedHub
+from .store import Store
+from .supervisor import Supervisor
+from .writeback import WriteBack
+
+__all__ = ["Endpoints", "serve"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where a started server listens, and how to log in."""
+
+    http_url: str
+    grpc_address: str
+    grpc_port: int
+    token: str | None
+    services: Services
+
+    @property
+    def login_url(self) -> str:
+        return f"{self.http_url}/?token={self.token}" if self.token else f"{self.http_url}/"
+
+
+async def _admin_token(db: DbThread, data_dir: Path) -> str | None:
+    """Create the admin token at first start; return the plaintext when it is on disk."""
+    path = data_dir / "admin.token"
+    if not await db.run(Store.has_tokens):
+        token = new_secret()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        await db.run(Store.add_token, "admin", hash_secret(token))
+        logger.info("created the admin API token in %s", path)
+        return token
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+async def _resume(db: DbThread, supervisor: Supervisor) -> None:
+    """Batches a previous run left unfinished carry on: their agents get the reconnect grace."""
+    for record in await db.run(Store.unfinished_batches):
+        logger.info("batch=%s resumed after a restart", record.id)
+        supervisor.submit(record, resumed=True)
+
+
+async def serve(
+    config: ServerConfig,
+    *,
+    task_status: trio.TaskStatus[Endpoints] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the whole server until cancelled. Must run inside ``trio_asyncio.open_loop()``.
+
+    Supports ``nursery.start``: ``started()`` gets the ``Endpoints`` once both listeners
+    accept connections (and, with ``config.demo``, the demo agents are registered).
+    Cancelling it stops accepting, ends agent streams with UNAVAILABLE, flushes pending
+    writes and returns; running commands on agents are not terminated (a restarted server
+    resumes their batches).
+    """
+    data_dir = config.data_dir
+    await trio.Path(data_dir / "logs").mkdir(parents=True, exist_ok=True)
+    for warning in config.public_listeners() if not config.tls else []:
+        logger.warning("listening %s without TLS: use --tls-cert/--tls-key", warning)
+    async with open_db_thread(config.db_url, data_dir) as db:
+        token = await _admin_token(db, data_dir)
+        credentials = Credentials(await db.run(Store.vps_secret_hashes))
+        registry = AgentRegistry()
+        hub = FeedHub()
+        writeback = WriteBack(db, interval_s=config.flush_interval_s)
+        services_box: list[Services] = []
+        supervisor = Supervisor(
+            registry,
+            writeback,
+            logs_dir=data_dir / "logs",
+            output_cap=config.output_cap_bytes,
+            summary_lines=config.summary_lines,
+            terminate_confirm_s=config.terminate_confirm_s,
+            timers=core.BatchTimers(
+                reconnect_grace_s=config.reconnect_grace_s,
+                result_slack_s=config.result_slack_s,
+            ),
+            feed=hub,
+            on_agent=lambda vps_id, info: api_inventory.agent_seen(services_box[0], vps_id, info),
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writeback.run)
+            await nursery.start(supervisor.run)
+            await _resume(db, supervisor)
+            grpc_port = await nursery.start(rpc.serve, config, credentials, registry, supervisor)
+            grpc_host, _ = config.grpc_endpoint
+            services = Services(
+                config=config,
+                db=db,
+                credentials=credentials,
+                registry=registry,
+                supervisor=supervisor,
+                hub=hub,
+                token_hashes=set(await db.run(Store.token_hashes)),
+                grpc_address=f"{_url_host(grpc_host)}:{grpc_port}",
+            )
+            services_box.append(services)
+            http_url = await nursery.start(_serve_http, config, services)
+            services.http_address = http_url
+            if config.demo:
+                from . import demo
+
+                await nursery.start(demo.run_agents, config, services)
+            task_status.started(
+                Endpoints(
+                    http_url=http_url,
+                    grpc_address=services.grpc_address,
+                    grpc_port=grpc_port,
+                    token=token,
+                    services=services,
+                )
+            )
+
+
+async def _serve_http(
+    config: ServerConfig,
+    services: Services,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    host, port = config.http_endpoint
+    hconfig = HypercornConfig()
+    hconfig.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hconfig.accesslog = None
+    hconfig.errorlog = logging.getLogger("hypercorn.error")
+    hconfig.graceful_timeout = config.shutdown_grace_s
+    hconfig.websocket_ping_interval = 20
+    if config.tls_cert is not None and config.tls_key is not None:
+        hconfig.certfile = str(config.tls_cert)
+        hconfig.keyfile = str(config.tls_key)
+    app = create_app(services)
+    async with trio.open_nursery() as nursery:
+        bound: list[str] = await nursery.start(hypercorn_serve, app, hconfig)
+        url = bound[0].replace("0.0.0.0", "127.0.0.1")
+        task_status.started(url.rstrip("/"))

@@ -1,0 +1,133 @@
+"""The JSON shapes of the API and the feed, built from plain records (no I/O)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from .store import BatchRecord, ChildRecord, ScriptRecord, VpsRecord
+
+__all__ = [
+    "batch_summary_view",
+    "batch_view",
+    "child_update_event",
+    "child_view",
+    "from_ts",
+    "iso",
+    "script_view",
+    "vps_view",
+]
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO-8601 UTC with a ``Z``, or ``None``."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def from_ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def child_view(c: ChildRecord) -> dict[str, Any]:
+    return {
+        "child_command_id": c.id,
+        "vps_id": c.vps_id,
+        "vps_name": c.vps_name,
+        "status": c.status.value,
+        "exit_code": c.exit_code,
+        "output_stream_summary": list(c.stdout_summary),
+        "error_stream_summary": list(c.stderr_summary),
+        "error_message": c.error_message,
+        "created_at": iso(c.created_at),
+        "updated_at": iso(c.updated_at),
+        "agent_started_at": iso(c.agent_started_at),
+        "agent_completed_at": iso(c.agent_completed_at),
+        "last_output_at": iso(c.last_output_at),
+        "stdout_bytes": c.stdout_bytes,
+        "stderr_bytes": c.stderr_bytes,
+        "truncated": c.truncated,
+    }
+
+
+def batch_view(b: BatchRecord) -> dict[str, Any]:
+    """``GET /api/batch_commands/{id}``: the seed's shape, plus a few facts."""
+    return {
+        "batch_command_id": b.id,
+        "overall_status": b.status.value,
+        "execution_alias": b.execution_alias,
+        "command_type": b.command_type,
+        "command_content": b.command_content,
+        "script_id": b.script_id,
+        "working_directory": b.working_directory,
+        "timeout_seconds": b.timeout_seconds,
+        "user_id": b.user_id,
+        "created_at": iso(b.created_at),
+        "updated_at": iso(b.updated_at),
+        "completed_at": iso(b.completed_at),
+        "counts": dict(b.counts),
+        "tasks": [child_view(c) for c in b.children],
+    }
+
+
+def batch_summary_view(b: BatchRecord) -> dict[str, Any]:
+    """One row of ``GET /api/batch_commands``."""
+    return {
+        "batch_command_id": b.id,
+        "overall_status": b.status.value,
+        "execution_alias": b.execution_alias,
+        "command_type": b.command_type,
+        "command_content": b.command_content[:500],
+        "created_at": iso(b.created_at),
+        "updated_at": iso(b.updated_at),
+        "completed_at": iso(b.completed_at),
+        "target_count": sum(b.counts.values()),
+        "counts": dict(b.counts),
+    }
+
+
+def child_update_event(c: ChildRecord) -> dict[str, Any]:
+    return {
+        "type": "CHILD_TASK_UPDATE",
+        "child_command_id": c.id,
+        "vps_id": c.vps_id,
+        "vps_name": c.vps_name,
+        "status": c.status.value,
+        "exit_code": c.exit_code,
+        "error_message": c.error_message,
+        "updated_at": iso(c.updated_at),
+        "agent_started_at": iso(c.agent_started_at),
+        "agent_completed_at": iso(c.agent_completed_at),
+        "stdout_bytes": c.stdout_bytes,
+        "stderr_bytes": c.stderr_bytes,
+        "truncated": c.truncated,
+    }
+
+
+def vps_view(v: VpsRecord, *, online: bool) -> dict[str, Any]:
+    return {
+        "id": v.id,
+        "name": v.name,
+        "tags": list(v.tags),
+        "online": online,
+        "last_seen_at": iso(v.last_seen_at),
+        "hostname": v.hostname,
+        "os": v.os_name or v.os_type,
+        "os_type": v.os_type,
+        "arch": v.arch,
+        "kernel_version": v.kernel_version,
+        "agent_version": v.agent_version,
+        "created_at": iso(v.created_at),
+    }
+
+
+def script_view(s: ScriptRecord) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "name": s.name,
+        "description": s.description,
+        "content": s.content,
+        "created_at": iso(s.created_at),
+        "updated_at": iso(s.updated_at),
+    }

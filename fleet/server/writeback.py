@@ -1,0 +1,157 @@
+"""Write-behind persistence: many small changes become one transaction every few milliseconds.
+
+The supervisor records changes synchronously (``child``, ``batch``, ``vps_seen``); the
+``run`` task merges them per row and hands them to the DB thread as one ``apply_updates`` call
+per interval. Callbacks registered with ``after_flush`` run once the changes recorded before
+them are committed: that is when the server acknowledges an agent's result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+import trio
+
+from fleet.core import NotFound
+
+from .agents import AgentInfo
+from .dbthread import DbThread
+from .store import UNSET, BatchUpdate, ChildUpdate, Store
+
+__all__ = ["WriteBack"]
+
+logger = logging.getLogger(__name__)
+
+
+def _merge(old: ChildUpdate | BatchUpdate, new: ChildUpdate | BatchUpdate) -> ChildUpdate:
+    changes = {
+        f.name: getattr(new, f.name)
+        for f in dataclasses.fields(new)
+        if getattr(new, f.name) is not None and getattr(new, f.name) is not UNSET
+    }
+    return dataclasses.replace(old, **changes)  # type: ignore[return-value,type-var]
+
+
+class WriteBack:
+    """Batches store writes. Start ``run`` in a nursery; ``flush`` to force one now."""
+
+    def __init__(self, db: DbThread, *, interval_s: float) -> None:
+        self._db = db
+        self._interval = interval_s
+        self._children: dict[str, ChildUpdate] = {}
+        self._batches: dict[str, BatchUpdate] = {}
+        self._seen: dict[int, datetime] = {}
+        self._infos: dict[int, tuple[AgentInfo, datetime]] = {}
+        self._callbacks: list[Callable[[], None]] = []
+        self._wake = trio.Event()
+        self._flushed = trio.Event()
+        self.transactions = 0
+
+    def child(self, update: ChildUpdate) -> None:
+        old = self._children.get(update.child_id)
+        self._children[update.child_id] = update if old is None else _merge(old, update)
+        self._wake.set()
+
+    def batch(self, update: BatchUpdate) -> None:
+        old = self._batches.get(update.batch_id)
+        self._batches[update.batch_id] = (
+            update if old is None else _merge(old, update)  # type: ignore[assignment]
+        )
+        self._wake.set()
+
+    def vps_seen(self, vps_id: int, at: datetime) -> None:
+        self._seen[vps_id] = at
+        self._wake.set()
+
+    def agent_info(self, vps_id: int, info: AgentInfo, at: datetime) -> None:
+        self._infos[vps_id] = (info, at)
+        self._wake.set()
+
+    def after_flush(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once everything recorded so far is committed."""
+        self._callbacks.append(callback)
+        self._wake.set()
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._children or self._batches or self._seen or self._infos or self._callbacks)
+
+    async def flush(self) -> None:
+        """Commit everything recorded so far, now."""
+        children, batches, seen, callbacks = self._take()
+        infos, self._infos = self._infos, {}
+        try:
+            await self._commit(children, batches, seen, callbacks)
+            if infos:
+                await self._db.run(_record_infos, infos)
+        except Exception:
+            # Keep serving: the changes stay queued and the next flush tries again.
+            logger.exception("store write failed; retrying at the next flush")
+            for update in children:
+                self.child(update)
+            for b in batches:
+                self.batch(b)
+            self._seen = seen | self._seen
+            self._infos = infos | self._infos
+            self._callbacks = callbacks + self._callbacks
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Flush every ``interval_s`` while there are changes; on cancel, a last bounded flush."""
+        task_status.started()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                await trio.sleep(self._interval)
+                await self.flush()
+        finally:
+            with trio.move_on_after(10, shield=True):
+                if self.pending:
+                    await self.flush()
+
+    def _take(
+        self,
+    ) -> tuple[list[ChildUpdate], list[BatchUpdate], dict[int, datetime], list[Callable[[], None]]]:
+        taken = (
+            list(self._children.values()),
+            list(self._batches.values()),
+            self._seen,
+            self._callbacks,
+        )
+        self._children, self._batches, self._seen, self._callbacks = {}, {}, {}, []
+        return taken
+
+    async def _commit(
+        self,
+        children: list[ChildUpdate],
+        batches: list[BatchUpdate],
+        seen: dict[int, datetime],
+        callbacks: list[Callable[[], None]],
+    ) -> None:
+        if children or batches:
+            await self._db.run(Store.apply_updates, batches, children)
+            self.transactions += 1
+        if seen:
+            await self._db.run(Store.touch_vps_seen, seen)
+        for callback in callbacks:
+            callback()
+
+
+def _record_infos(store: Store, infos: dict[int, tuple[AgentInfo, datetime]]) -> None:
+    for vps_id, (info, at) in infos.items():
+        try:
+            store.record_agent_seen(
+                vps_id,
+                hostname=info.hostname,
+                os_type=info.os_type,
+                os_name=info.os_name,
+                arch=info.arch,
+                kernel_version=info.kernel_version,
+                agent_version=info.agent_version,
+                seen_at=at,
+            )
+        except NotFound:
+            pass  # deleted while connected
