@@ -44,6 +44,8 @@ from ._request import BatchRequest as BatchRequest
 from ._request import check_references as check_references
 from ._request import parse_id as parse_id
 from ._request import validate_batch_request as validate_batch_request
+from ._request import validate_script_body as validate_script_body
+from ._request import validate_vps_body as validate_vps_body
 from ._status import BatchStatus as BatchStatus
 from ._status import ChildStatus as ChildStatus
 from ._task import CHILD_TRANSITIONS as CHILD_TRANSITIONS
@@ -91,4 +93,6 @@ __all__ = [
     "final_status",
     "parse_id",
     "validate_batch_request",
+    "validate_script_body",
+    "validate_vps_body",
 ]

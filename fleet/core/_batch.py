@@ -31,11 +31,9 @@ from dataclasses import dataclass
 
 from ._errors import InvalidTransition
 from ._events import (
-    AgentLost,
     BatchChanged,
     ChildChanged,
     ChildEvent,
-    Dispatched,
     Effect,
     Event,
     SendCommand,
@@ -103,9 +101,12 @@ class Batch:
         timers: BatchTimers | None = None,
     ) -> None:
         self.batch_id = batch_id
-        self.children: dict[str, ChildTask] = {c.child_id: c for c in children}
+        tasks = list(children)
+        self.children: dict[str, ChildTask] = {c.child_id: c for c in tasks}
         if not self.children:
             raise ValueError("a batch needs at least one child")
+        if len(self.children) != len(tasks):
+            raise ValueError("child ids must be unique")
         if timeout_s < 0:
             raise ValueError("timeout_s must not be negative")
         self.status = B.PENDING
@@ -128,12 +129,19 @@ class Batch:
         return out
 
     def start(self, *, now: float) -> list[Effect]:
-        """Ask for every child's command to be sent. Call once."""
+        """Ask for every ``PENDING`` child's command to be sent. Call once.
+
+        A child that already ended (terminated before the batch was started) is not sent.
+        """
         if self._started:
             raise InvalidTransition(self.status, "start")
         self._started = True
         self.updated_at = now
-        return [SendCommand(t.child_id, t.vps_id) for t in self.children.values()]
+        return [
+            SendCommand(t.child_id, t.vps_id)
+            for t in self.children.values()
+            if t.status is ChildStatus.PENDING
+        ]
 
     def handle(self, event: Event, *, now: float) -> list[Effect]:
         """Apply one event and return the effects for the owner to carry out.
@@ -162,11 +170,13 @@ class Batch:
 
     def _child_event(self, event: ChildEvent, now: float, effects: list[Effect]) -> None:
         task = self.children[event.child_id]
-        was = task.status
+        was, was_lost = task.status, task.lost_since
         changed = task.handle(event, now=now)
         if isinstance(event, TerminateChild) and was is not task.status and not task.is_terminal:
             effects.append(SendTerminate(task.child_id, task.vps_id))
-        if changed or isinstance(event, AgentLost | Dispatched):
+        # ``lost_since`` is not shown by the API but must be persisted (both ways) so that the
+        # reconnect grace survives a restart.
+        if changed or task.lost_since != was_lost:
             effects.append(ChildChanged(task.child_id))
 
     def _terminate_batch(self, now: float, effects: list[Effect]) -> None:

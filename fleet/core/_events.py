@@ -110,8 +110,13 @@ class Finished:
 
     def __post_init__(self) -> None:
         _need_id(self.child_id)
-        if self.status not in _RESULT_STATUSES:
-            raise ValueError(f"an agent result cannot be {self.status}")
+        try:
+            status = ChildStatus(self.status)  # a plain "SUCCESS" string becomes the enum
+        except ValueError:
+            raise ValueError(f"an agent result cannot be {self.status!r}") from None
+        if status not in _RESULT_STATUSES:
+            raise ValueError(f"an agent result cannot be {status}")
+        object.__setattr__(self, "status", status)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,19 @@ class Accepted:
     truncated: bool = False
 
 
+_ELLIPSIS = "…".encode()
+_MAX_UTF8_TAIL = 3  # continuation bytes after a UTF-8 lead byte
+
+
+def _char_boundary(data: bytes, limit: int) -> int:
+    """Where to cut ``data`` (longer than ``limit``) at most ``limit`` bytes in, without
+    splitting a UTF-8 sequence; bytes that are not UTF-8 are cut at ``limit``."""
+    cut = limit
+    while cut > 0 and limit - cut < _MAX_UTF8_TAIL and data[cut] & 0xC0 == 0x80:
+        cut -= 1
+    return cut if data[cut] & 0xC0 != 0x80 else limit
+
+
 class StreamCursor:
     """Tracks one output stream's position and cap.
 
@@ -91,26 +104,40 @@ class OutputSummary:
         """The kept lines as text (an unfinished last line included)."""
         out = [self._decode(line) for line in self._lines]
         if self._partial or self._partial_cut:
-            out.append(self._decode(bytes(self._partial) + (b"\xe2\x80\xa6" * self._partial_cut)))
+            out.append(self._decode(bytes(self._partial) + (_ELLIPSIS * self._partial_cut)))
         return out[-self.max_lines :]
 
     @classmethod
     def of(cls, lines: list[str], **kwargs: int) -> OutputSummary:
-        """A summary that starts from previously kept ``lines`` (after a restart)."""
+        """A summary that starts from previously kept ``lines`` (after a restart).
+
+        A line longer than ``max_line_bytes`` is cut the way ``feed`` cuts it; a line this
+        summary already cut (ending in the ellipsis) is kept as it is.
+        """
         summary = cls(**kwargs)
+        limit = summary.max_line_bytes
         for line in lines:
-            summary._lines.append(line.encode("utf-8", "replace")[: summary.max_line_bytes])
+            raw = line.encode("utf-8", "replace")
+            already_cut = raw.endswith(_ELLIPSIS) and len(raw) <= limit + len(_ELLIPSIS)
+            if len(raw) > limit and not already_cut:
+                raw = raw[: _char_boundary(raw, limit)] + _ELLIPSIS
+            summary._lines.append(raw)
         return summary
 
     def _extend_partial(self, piece: bytes) -> None:
+        if self._partial_cut:
+            return  # the rest of a cut line is dropped
         room = self.max_line_bytes - len(self._partial)
-        if len(piece) > room:
-            self._partial_cut = True
-            piece = piece[: max(room, 0)]
-        self._partial += piece
+        if len(piece) <= room:
+            self._partial += piece
+            return
+        # Cut, but not inside a UTF-8 sequence (the byte after the cut tells).
+        line = bytes(self._partial) + piece[: room + 1]
+        self._partial[:] = line[: _char_boundary(line, self.max_line_bytes)]
+        self._partial_cut = True
 
     def _take_partial(self) -> bytes:
-        line = bytes(self._partial) + (b"\xe2\x80\xa6" * self._partial_cut)
+        line = bytes(self._partial) + (_ELLIPSIS * self._partial_cut)
         self._partial.clear()
         self._partial_cut = False
         return line

@@ -22,6 +22,8 @@ __all__ = [
     "check_references",
     "parse_id",
     "validate_batch_request",
+    "validate_script_body",
+    "validate_vps_body",
 ]
 
 MAX_COMMAND_BYTES = 1024 * 1024
@@ -80,7 +82,7 @@ def validate_batch_request(body: object) -> BatchRequest:
     def fail(field: str, reason: str, **extra: Any) -> None:
         errors.append({"field": field, "reason": reason, **extra})
 
-    for name in sorted(set(body) - _FIELDS):
+    for name in sorted(set(body) - _FIELDS, key=str):
         fail(str(name), "unknown field")
 
     command = body.get("command_content")
@@ -100,7 +102,9 @@ def validate_batch_request(body: object) -> BatchRequest:
             fail("command_content", "must not be blank")
         elif "\x00" in command:
             fail("command_content", "must not contain NUL characters")
-        elif len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
+        elif not _is_unicode(command):
+            fail("command_content", _NOT_UNICODE)
+        elif len(command.encode("utf-8")) > MAX_COMMAND_BYTES:
             fail("command_content", f"must be at most {MAX_COMMAND_BYTES} bytes")
         else:
             command_content = command
@@ -192,6 +196,18 @@ def _targets(value: object, fail: Any) -> tuple[int, ...]:
     return tuple(seen)
 
 
+_NOT_UNICODE = "must be valid Unicode text (no lone surrogates)"
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` can be encoded as UTF-8 (the wire and the store need it to be)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _optional_text(value: object, field: str, limit: int, fail: Any) -> str | None:
     if value is None or value == "":
         return None
@@ -201,7 +217,97 @@ def _optional_text(value: object, field: str, limit: int, fail: Any) -> str | No
     if "\x00" in value:
         fail(field, "must not contain NUL characters")
         return None
+    if not _is_unicode(value):
+        fail(field, _NOT_UNICODE)
+        return None
     if len(value) > limit:
         fail(field, f"must be at most {limit} characters")
         return None
     return value
+
+
+MAX_NAME = 100
+MAX_TAGS = 32
+MAX_TAG = 64
+MAX_DESCRIPTION = 2000
+
+
+def validate_vps_body(body: object, *, partial: bool = False) -> dict[str, Any]:
+    """Check a ``POST /api/vps`` body (``{name, tags?}``); return ``{"name", "tags"}``.
+
+    Raises:
+        ValidationError: with every problem found.
+    """
+    if not isinstance(body, Mapping):
+        raise ValidationError([{"field": "body", "reason": "must be a JSON object"}])
+    errors: list[dict[str, Any]] = []
+    for name in sorted(set(body) - {"name", "tags"}):
+        errors.append({"field": str(name), "reason": "unknown field"})
+    out: dict[str, Any] = {}
+    if "name" in body or not partial:
+        name = body.get("name")
+        if not isinstance(name, str) or not name.strip():
+            errors.append({"field": "name", "reason": "is required: a non-empty string"})
+        elif len(name) > MAX_NAME or any(not ch.isprintable() for ch in name):
+            errors.append({"field": "name", "reason": f"at most {MAX_NAME} printable characters"})
+        else:
+            out["name"] = name.strip()
+    if "tags" in body or not partial:
+        tags = body.get("tags", [])
+        if tags is None:
+            tags = []
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            errors.append({"field": "tags", "reason": "must be a list of strings"})
+        elif len(tags) > MAX_TAGS:
+            errors.append({"field": "tags", "reason": f"at most {MAX_TAGS} tags"})
+        else:
+            cleaned = list(dict.fromkeys(t.strip() for t in tags if t.strip()))
+            bad = [t for t in cleaned if len(t) > MAX_TAG or not t.isprintable() or " " in t]
+            if bad:
+                errors.append(
+                    {
+                        "field": "tags",
+                        "reason": f"tags are up to {MAX_TAG} printable characters without spaces",
+                    }
+                )
+            else:
+                out["tags"] = cleaned
+    if errors:
+        raise ValidationError(errors)
+    return out
+
+
+def validate_script_body(body: object) -> dict[str, str]:
+    """Check a script body (``{name, description?, content}``); return the normalised fields.
+
+    Raises:
+        ValidationError: with every problem found.
+    """
+    if not isinstance(body, Mapping):
+        raise ValidationError([{"field": "body", "reason": "must be a JSON object"}])
+    errors: list[dict[str, Any]] = []
+    for name in sorted(set(body) - {"name", "description", "content", "id"}):
+        errors.append({"field": str(name), "reason": "unknown field"})
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip():
+        errors.append({"field": "name", "reason": "is required: a non-empty string"})
+    elif len(name) > MAX_NAME:
+        errors.append({"field": "name", "reason": f"at most {MAX_NAME} characters"})
+    description = body.get("description") or ""
+    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
+        errors.append(
+            {"field": "description", "reason": f"a string of at most {MAX_DESCRIPTION} characters"}
+        )
+    content = body.get("content")
+    if not isinstance(content, str) or not content.strip():
+        errors.append({"field": "content", "reason": "is required: the script's text"})
+    elif "\x00" in content:
+        errors.append({"field": "content", "reason": "must not contain NUL characters"})
+    elif len(content.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
+        errors.append({"field": "content", "reason": f"must be at most {MAX_COMMAND_BYTES} bytes"})
+    if errors:
+        raise ValidationError(errors)
+    assert isinstance(name, str)
+    assert isinstance(content, str)
+    assert isinstance(description, str)
+    return {"name": name.strip(), "description": description, "content": content}

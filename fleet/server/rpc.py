@@ -201,6 +201,9 @@ class RpcServer:
         if refusal is not None:
             logger.warning("peer=%s vps=%s handshake refused: %s", peer, first.vps_db_id, refusal)
             await stream.send_message(_ack(False, refusal))
+            # Non-OK trailers reset the stream at once (grpclib), and the peer would then
+            # lose the answer it has not read: give it a moment to read it and hang up.
+            await _drain(stream, timeout=2.0)
             await stream.send_trailing_metadata(
                 status=Status.UNAUTHENTICATED, status_message=refusal
             )
@@ -274,6 +277,19 @@ class RpcServer:
     async def wait_handlers(self, timeout: float) -> None:
         if self._handlers:
             await asyncio.wait(set(self._handlers), timeout=timeout)
+
+
+async def _drain(stream: grpclib.server.Stream[Any, Any], *, timeout: float) -> None:
+    """Wait (bounded) until the peer ends its side of the stream."""
+
+    async def until_end() -> None:
+        while await stream.recv_message() is not None:
+            pass
+
+    try:
+        await asyncio.wait_for(until_end(), timeout=timeout)
+    except (TimeoutError, StreamTerminatedError, ConnectionError):
+        pass
 
 
 def _peer(stream: grpclib.server.Stream[Any, Any]) -> str:

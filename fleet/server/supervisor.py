@@ -497,10 +497,17 @@ class Supervisor:
         return list(self._runs)
 
     def batch_finished(self, run: BatchRun) -> None:
+        """Forget a final batch once its last changes are committed (until then the API
+        reads it from memory, so nobody sees the store's older state)."""
         run.flush_output()
-        self._runs.pop(run.id, None)
-        for child_id in run.batch.children:
-            self._owner.pop(child_id, None)
+
+        def forget() -> None:
+            self._runs.pop(run.id, None)
+            for child_id in run.batch.children:
+                if self._owner.get(child_id) is run:
+                    del self._owner[child_id]
+
+        self.writeback.after_flush(forget)
 
     async def _flush_output(self) -> None:
         interval = max(self.writeback_interval, 0.05)

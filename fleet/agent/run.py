@@ -1,0 +1,330 @@
+"""The agent's top level: the reconnect loop, one task per command, and shutdown.
+
+Task tree of one :func:`run_agent` call (nothing is shared between calls, so one process can
+run many agents at once, e.g. the server's ``--demo N``)::
+
+    run_agent(config, *, stop, task_status)         the agent's nursery
+     ├─ _Agent.connect_forever                      reconnect loop, backoff 1 s → 60 s + jitter
+     │   └─ open_link(...) → _Agent.session(link)   per connection: handle server messages
+     │        └─ _Agent.pump(link)                  outbox → link
+     └─ _Agent.run_one(spec, control)  × N          one per accepted command (runner)
+
+Commands belong to the agent's nursery, not to a connection: they keep running while the link
+is down, and their output and results wait in the :class:`~fleet.agent.outbox.Outbox`.
+
+Loggers: ``fleet.agent.run`` (connections, commands), ``fleet.agent.outbox`` (dropped output and
+results), ``fleet.agent.link``.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import random
+
+import betterproto2
+import trio
+
+from fleet.proto import agent_service as pb
+
+from .config import AgentConfig
+from .host import describe_host
+from .link import HandshakeRefused, Link, LinkError, open_link
+from .outbox import Outbox, unix_ms
+from .runner import CommandControl, CommandSpec, run_command
+
+__all__ = ["Backoff", "run_agent"]
+
+logger = logging.getLogger(__name__)
+
+#: Messages the pump takes from the outbox at a time.
+PUMP_BATCH = 16
+#: After a graceful stop, how long to wait for the server to acknowledge the last results.
+SHUTDOWN_REPORT_S = 3.0
+
+
+async def run_agent(
+    config: AgentConfig,
+    *,
+    stop: trio.Event | None = None,
+    task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one agent: keep a link to the server and run the commands it sends.
+
+    Must run inside ``trio_asyncio.open_loop()``. Installs no signal handlers and keeps no
+    global state: any number may run concurrently in one process.
+
+    Supports ``await nursery.start(run_agent, config)``: ``started(connected)`` is called after
+    the *first connection attempt*, with True once the server accepted the handshake, or False
+    if that attempt failed or was refused (after at most ``config.connect_timeout_s``). The
+    agent keeps reconnecting either way, so a server that is down never blocks the caller.
+
+    Args:
+        config: the agent's configuration.
+        stop: when set, stop gracefully: reject new commands, terminate the running ones
+            (SIGTERM, SIGKILL after the grace), report their results while the link is up
+            (waiting up to ``SHUTDOWN_REPORT_S`` for the acks), then return.
+
+    Cancellation stops every command's process group (SIGTERM, SIGKILL after
+    ``config.terminate_grace_s``) in shielded cleanup bounded by the grace plus one second,
+    closes the link, and propagates. Results not yet reported are lost then.
+    """
+    async with trio.open_nursery() as nursery:
+        agent = _Agent(config, nursery)
+        connected: bool = await nursery.start(agent.connect_forever)
+        task_status.started(connected)
+        if stop is not None:
+            await stop.wait()
+            await agent.shutdown()
+            nursery.cancel_scope.cancel(reason="agent stopped")
+
+
+class Backoff:
+    """Reconnect delays: attempt *n* waits ``uniform(0.5, 1) × min(maximum, minimum × 2ⁿ)``.
+
+    The jitter spreads the reconnects of many agents after a server restart.
+    """
+
+    def __init__(self, minimum: float, maximum: float, rng: random.Random) -> None:
+        self._minimum = minimum
+        self._maximum = maximum
+        self._rng = rng
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt (and count this one)."""
+        base = min(self._maximum, self._minimum * 2.0**self._attempt)
+        self._attempt = min(self._attempt + 1, 64)
+        return base * self._rng.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        """Start again from ``minimum`` (after a successful handshake)."""
+        self._attempt = 0
+
+
+class _CommandOutput:
+    """A command's view of the outbox (the runner's ``OutputSink``)."""
+
+    def __init__(self, outbox: Outbox, command_id: str) -> None:
+        self._outbox = outbox
+        self._command_id = command_id
+
+    async def write(self, kind: pb.OutputType, data: bytes, timestamp: int) -> None:
+        await self._outbox.write(self._command_id, kind, data, timestamp)
+
+
+class _Agent:
+    """The state of one ``run_agent`` call; its methods run as tasks in ``nursery``."""
+
+    def __init__(self, config: AgentConfig, nursery: trio.Nursery) -> None:
+        self._config = config
+        self._nursery = nursery
+        self._outbox = Outbox(
+            buffer_bytes=config.output_buffer_bytes,
+            max_results=config.max_unacked_results,
+            keep_finished_output=config.max_concurrent,
+        )
+        self._running: dict[str, CommandControl] = {}
+        self._command_ended = trio.lowlevel.ParkingLot()
+        self._message_ids = itertools.count(1)
+        self._handshake = describe_host()
+        self._shutting_down = False
+        self._random = random.Random()
+
+    async def connect_forever(self, *, task_status: trio.TaskStatus[bool]) -> None:
+        """Connect, serve the session, and reconnect after every failure, forever.
+
+        ``started(connected)`` after the first attempt (see :func:`run_agent`).
+        """
+        config = self._config
+        backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s, self._random)
+        reported = False
+        while True:
+            connected = False
+            try:
+                async with open_link(config, self._handshake, self._message_ids) as link:
+                    connected = True
+                    backoff.reset()
+                    logger.info("vps=%d connected to %s", config.vps_id, config.server)
+                    if not reported:
+                        task_status.started(True)
+                        reported = True
+                    await self.session(link)
+            except HandshakeRefused as error:
+                logger.warning("vps=%d %s", config.vps_id, error)
+            except LinkError as error:
+                if connected:
+                    logger.warning("vps=%d link lost: %s", config.vps_id, error)
+                else:
+                    logger.warning(
+                        "vps=%d cannot connect to %s: %s", config.vps_id, config.server, error
+                    )
+            if not reported:
+                task_status.started(False)
+                reported = True
+            delay = backoff.next_delay()
+            logger.info("vps=%d reconnecting in %.1f s", config.vps_id, delay)
+            await trio.sleep(delay)
+
+    async def session(self, link: Link) -> None:
+        """Serve one connection: re-send what the server may lack, then handle its messages.
+
+        Returns when the link's messages end (the link failed; ``open_link`` raises why).
+        """
+        self._outbox.connect()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.pump, link)
+                async for message in link:
+                    self.handle(message)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._outbox.disconnect()
+
+    async def pump(self, link: Link) -> None:
+        """Move messages from the outbox to the link, forever (cancelled with the session)."""
+        while True:
+            batch = self._outbox.take(PUMP_BATCH)
+            if not batch:
+                await self._outbox.wait_pending()
+                continue
+            for message in batch:
+                await link.send(message)
+
+    def handle(self, message: pb.MessageToAgent) -> None:
+        """Act on one message from the server (synchronously; commands start as tasks)."""
+        name, payload = betterproto2.which_one_of(message, "payload")
+        if isinstance(payload, pb.BatchAgentCommandRequest):
+            self._submit(payload)
+        elif isinstance(payload, pb.BatchTerminateCommandRequest):
+            self._terminate(payload.command_id)
+        elif isinstance(payload, pb.BatchResultAck):
+            if not self._outbox.acknowledge(payload.command_id):
+                logger.debug("command=%s ack for no held result", payload.command_id)
+        else:
+            # A newer server's payload (or a repeated handshake answer): not an error.
+            logger.debug("ignoring a server message with payload %r", name or "unknown")
+
+    async def run_one(self, spec: CommandSpec, control: CommandControl) -> None:
+        """Run one accepted command and put its result in the outbox.
+
+        Cancellation (agent shutdown) stops its process group (see ``run_command``) and
+        propagates; no result is recorded then.
+        """
+        command_id = spec.command_id
+        try:
+            result = await run_command(
+                spec,
+                _CommandOutput(self._outbox, command_id),
+                control=control,
+                shell=self._config.shell,
+                grace_s=self._config.terminate_grace_s,
+                drain_s=self._config.output_drain_s,
+                on_started=functools.partial(self._started, command_id),
+            )
+        except Exception as error:
+            # The command task is a boundary: report the agent's own failure as the result
+            # instead of taking every other command down with it.
+            logger.exception("command=%s failed inside the agent", command_id)
+            result = pb.BatchCommandResult(
+                command_id=command_id,
+                status=pb.CommandStatus.FAILURE,
+                exit_code=0,
+                error_message=f"internal agent error: {error!r}",
+            )
+        finally:
+            del self._running[command_id]
+            self._command_ended.unpark_all()
+        logger.info(
+            "command=%s finished: %s exit_code=%d %s",
+            command_id,
+            result.status.name,
+            result.exit_code,
+            result.error_message,
+        )
+        self._outbox.finish(result)
+
+    async def shutdown(self) -> None:
+        """Stop gracefully: see ``stop`` in :func:`run_agent`. Bounded in time."""
+        config = self._config
+        self._shutting_down = True
+        logger.info("vps=%d stopping: terminating %d command(s)", config.vps_id, len(self._running))
+        for control in list(self._running.values()):
+            control.terminate("the agent is shutting down")
+        with trio.move_on_after(config.terminate_grace_s + config.output_drain_s + 2):
+            while self._running:
+                await self._command_ended.park()
+        if self._outbox.connected:
+            with trio.move_on_after(SHUTDOWN_REPORT_S):
+                await self._outbox.wait_results_acknowledged()
+
+    # -- message handling --------------------------------------------------------------------
+
+    def _submit(self, request: pb.BatchAgentCommandRequest) -> None:
+        command_id = request.command_id
+        if command_id in self._running or self._outbox.holds(command_id):
+            # A repeated request (e.g. re-sent after a reconnect) never starts a second process.
+            self._ack(command_id, True, "duplicate request: the command was already accepted")
+            self._outbox.resend_result(command_id)
+            return
+        reason = self._rejection(command_id)
+        if reason is not None:
+            logger.info("command=%s rejected: %s", command_id, reason)
+            self._ack(command_id, False, reason)
+            return
+        control = CommandControl()
+        self._running[command_id] = control
+        self._outbox.open(command_id)
+        self._ack(command_id, True, "")
+        logger.info("command=%s accepted", command_id)
+        self._nursery.start_soon(
+            self.run_one, CommandSpec.from_request(request), control, name=f"command {command_id}"
+        )
+
+    def _rejection(self, command_id: str) -> str | None:
+        if not command_id:
+            return "the request has no command id"
+        if self._shutting_down:
+            return "the agent is shutting down"
+        if self._config.no_exec:
+            return "this agent runs with --no-exec and accepts no commands"
+        if len(self._running) >= self._config.max_concurrent:
+            return f"too many commands running (max concurrent {self._config.max_concurrent})"
+        return None
+
+    def _terminate(self, command_id: str) -> None:
+        control = self._running.get(command_id)
+        if control is not None:
+            logger.info("command=%s terminate requested", command_id)
+            control.terminate()
+        elif self._outbox.has_result(command_id):
+            self._outbox.resend_result(command_id)  # it already finished: report that again
+        else:
+            logger.info("command=%s terminate for no such running command", command_id)
+            self._outbox.add_orphan_result(
+                pb.BatchCommandResult(
+                    command_id=command_id,
+                    status=pb.CommandStatus.FAILURE,
+                    error_message="no such running command",
+                )
+            )
+
+    def _ack(self, command_id: str, accepted: bool, reason: str) -> None:
+        self._outbox.add_control(
+            pb.MessageToServer(
+                batch_command_ack=pb.BatchCommandAck(
+                    command_id=command_id, accepted=accepted, reason=reason, timestamp=unix_ms()
+                )
+            )
+        )
+
+    def _started(self, command_id: str, pid: int) -> None:
+        logger.info("command=%s started pid=%d", command_id, pid)
+        self._outbox.add_control(
+            pb.MessageToServer(
+                batch_command_started=pb.BatchCommandStarted(
+                    command_id=command_id, pid=pid, timestamp=unix_ms()
+                )
+            )
+        )

@@ -1,0 +1,192 @@
+"""The server's side of the wire protocol, driven by a protocol-level fake agent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import trio
+
+from fleet.proto import agent_service as pb
+from fleet.server.serve import Endpoints
+from tests.fakeagent import FakeAgent
+
+from .conftest import add_vps, wait_batch, wait_online
+
+
+async def _connected(server: Endpoints, client: httpx.AsyncClient, name: str) -> tuple[dict[str, Any], FakeAgent]:
+    vps = await add_vps(client, name)
+    agent = FakeAgent(server.grpc_address, vps["id"], vps["agent_secret"])
+    ack = await agent.open()
+    assert ack.authentication_successful, ack.error_message
+    await wait_online(server, vps["id"])
+    return vps, agent
+
+
+async def _run(client: httpx.AsyncClient, command: str, *ids: int, **extra: Any) -> str:
+    response = await client.post(
+        "/api/batch_commands", json={"command_content": command, "target_vps_ids": list(ids), **extra}
+    )
+    assert response.status_code == 202, response.text
+    return str(response.json()["batch_command_id"])
+
+
+async def test_wrong_secret_is_refused(server: Endpoints, client: httpx.AsyncClient) -> None:
+    with trio.fail_after(10):
+        vps = await add_vps(client, "a")
+        agent = FakeAgent(server.grpc_address, vps["id"], "not-the-secret")
+        ack = await agent.open()
+        assert not ack.authentication_successful
+        assert "secret" in ack.error_message
+        assert await agent.receive() is None  # the server ended the stream
+        assert not server.services.registry.is_online(vps["id"])
+        await agent.close()
+
+
+async def test_peer_without_extensions_completes(server: Endpoints, client: httpx.AsyncClient) -> None:
+    """Only output and a result (no ack, no started): the child still moves forward."""
+    with trio.fail_after(10):
+        vps, agent = await _connected(server, client, "old-peer")
+        batch_id = await _run(client, "echo hi", vps["id"])
+        request = await agent.receive_payload("batch_agent_command_request")
+        assert request.content == "echo hi"
+        assert request.type == pb.CommandType.ADHOC_COMMAND
+        await agent.send(FakeAgent.output(request.command_id, b"hi\n", None))
+        await wait_batch(server, batch_id, lambda b: b["tasks"][0]["status"] == "EXECUTING")
+        await agent.send(FakeAgent.result(request.command_id, 1, 0))
+        ack = await agent.receive_payload("batch_result_ack")
+        assert ack.command_id == request.command_id
+        batch = await wait_batch(server, batch_id)
+        assert batch["overall_status"] == "COMPLETED_SUCCESSFULLY"
+        assert batch["tasks"][0]["output_stream_summary"] == ["hi"]
+        log = await client.get(
+            f"/api/batch_commands/{batch_id}/tasks/{request.command_id}/output?stream=stdout"
+        )
+        assert log.content == b"hi\n"
+        await agent.close()
+
+
+async def test_duplicates_and_late_results_are_ignored(server: Endpoints, client: httpx.AsyncClient) -> None:
+    with trio.fail_after(10):
+        vps, agent = await _connected(server, client, "dup")
+        batch_id = await _run(client, "x", vps["id"])
+        request = await agent.receive_payload("batch_agent_command_request")
+        cid = request.command_id
+        await agent.send(FakeAgent.output(cid, b"abc", 0))
+        await agent.send(FakeAgent.output(cid, b"abcdef", 0))  # overlaps: only "def" is new
+        await agent.send(FakeAgent.output(cid, b"def", 3))  # wholly a duplicate
+        await agent.send(FakeAgent.result(cid, 2, 3, "boom"))
+        await agent.receive_payload("batch_result_ack")
+        await agent.send(FakeAgent.result(cid, 1, 0))  # late: must not overwrite FAILURE
+        await agent.receive_payload("batch_result_ack")  # but is acknowledged again
+        batch = await wait_batch(server, batch_id)
+        task = batch["tasks"][0]
+        assert (task["status"], task["exit_code"], task["error_message"]) == ("FAILURE", 3, "boom")
+        assert batch["overall_status"] == "COMPLETED_WITH_ERRORS"
+        log = await client.get(f"/api/batch_commands/{batch_id}/tasks/{cid}/output")
+        assert log.content == b"abcdef"
+        await agent.close()
+
+
+async def test_reports_on_another_vps_command_are_dropped(server: Endpoints, client: httpx.AsyncClient) -> None:
+    with trio.fail_after(10):
+        vps_a, agent_a = await _connected(server, client, "a")
+        vps_b, agent_b = await _connected(server, client, "b")
+        batch_id = await _run(client, "x", vps_a["id"])
+        request = await agent_a.receive_payload("batch_agent_command_request")
+        # B claims A's command: dropped (the result is acknowledged so B stops re-sending).
+        await agent_b.send(FakeAgent.output(request.command_id, b"spoofed", 0))
+        await agent_b.send(FakeAgent.result(request.command_id, 1, 0))
+        await agent_b.receive_payload("batch_result_ack")
+        batch = await wait_batch(server, batch_id, lambda b: True)
+        assert batch["tasks"][0]["status"] == "SENT_TO_AGENT"
+        assert batch["tasks"][0]["stdout_bytes"] == 0
+        await agent_a.send(FakeAgent.result(request.command_id, 1, 0))
+        batch = await wait_batch(server, batch_id)
+        assert batch["overall_status"] == "COMPLETED_SUCCESSFULLY"
+        await agent_a.close()
+        await agent_b.close()
+
+
+async def test_changing_credentials_mid_stream_closes_it(server: Endpoints, client: httpx.AsyncClient) -> None:
+    with trio.fail_after(10):
+        vps_a, agent = await _connected(server, client, "a")
+        vps_b = await add_vps(client, "b")
+        await agent.send(
+            FakeAgent.output("x", b"", None).__class__(
+                vps_db_id=vps_b["id"],
+                agent_secret=vps_b["agent_secret"],
+                batch_command_output_stream=pb.BatchCommandOutputStream(command_id="x"),
+            ),
+            credentials=False,
+        )
+        assert await agent.receive() is None
+        await wait_online(server, vps_a["id"], online=False)
+        await agent.close()
+
+
+async def test_newest_stream_wins(server: Endpoints, client: httpx.AsyncClient) -> None:
+    with trio.fail_after(10):
+        vps, first = await _connected(server, client, "a")
+        second = FakeAgent(server.grpc_address, vps["id"], vps["agent_secret"])
+        assert (await second.open()).authentication_successful
+        assert await first.receive() is None  # replaced
+        assert server.services.registry.is_online(vps["id"])
+        batch_id = await _run(client, "x", vps["id"])
+        request = await second.receive_payload("batch_agent_command_request")
+        await second.send(FakeAgent.result(request.command_id, 1, 0))
+        assert (await wait_batch(server, batch_id))["overall_status"] == "COMPLETED_SUCCESSFULLY"
+        await first.close()
+        await second.close()
+
+
+async def test_terminate_unconfirmed_and_reconnect_grace(server: Endpoints, client: httpx.AsyncClient) -> None:
+    with trio.fail_after(20):
+        vps, agent = await _connected(server, client, "a")
+        batch_id = await _run(client, "sleep 100", vps["id"])
+        request = await agent.receive_payload("batch_agent_command_request")
+        response = await client.post(f"/api/batch_commands/{batch_id}/terminate")
+        assert response.status_code == 202
+        terminate = await agent.receive_payload("batch_terminate_command_request")
+        assert terminate.command_id == request.command_id
+        # The fake never confirms: after terminate_confirm_s the child ends with a clear message.
+        batch = await wait_batch(server, batch_id)
+        assert batch["overall_status"] == "TERMINATED"
+        assert "not confirmed" in batch["tasks"][0]["error_message"]
+        await agent.close()
+
+
+async def test_agent_lost_becomes_unreachable_after_grace(server: Endpoints, client: httpx.AsyncClient) -> None:
+    with trio.fail_after(20):
+        vps, agent = await _connected(server, client, "a")
+        batch_id = await _run(client, "sleep 100", vps["id"])
+        await agent.receive_payload("batch_agent_command_request")
+        await agent.close()
+        batch = await wait_batch(server, batch_id)
+        assert batch["tasks"][0]["status"] == "AGENT_UNREACHABLE"
+        assert "did not come back" in batch["tasks"][0]["error_message"]
+        assert batch["overall_status"] == "COMPLETED_WITH_ERRORS"
+
+
+async def test_agent_back_within_grace_delivers_result(server: Endpoints, client: httpx.AsyncClient) -> None:
+    with trio.fail_after(20):
+        vps, agent = await _connected(server, client, "a")
+        batch_id = await _run(client, "x", vps["id"])
+        request = await agent.receive_payload("batch_agent_command_request")
+        await agent.close()
+        await wait_online(server, vps["id"], online=False)
+        again = FakeAgent(server.grpc_address, vps["id"], vps["agent_secret"])
+        assert (await again.open()).authentication_successful
+        await again.send(FakeAgent.result(request.command_id, 1, 0))
+        await again.receive_payload("batch_result_ack")
+        assert (await wait_batch(server, batch_id))["overall_status"] == "COMPLETED_SUCCESSFULLY"
+        await again.close()
+
+
+async def test_unreachable_at_dispatch_is_failed_to_start(server: Endpoints, client: httpx.AsyncClient) -> None:
+    with trio.fail_after(10):
+        vps = await add_vps(client, "offline")
+        batch_id = await _run(client, "x", vps["id"])
+        batch = await wait_batch(server, batch_id)
+        assert batch["overall_status"] == "FAILED_TO_START"
+        assert batch["tasks"][0]["status"] == "AGENT_UNREACHABLE"

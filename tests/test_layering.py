@@ -1,0 +1,329 @@
+"""The layering rules, enforced on the source (STYLE §4, ``fleet/__init__.py``'s docstring).
+
+* ``fleet/core`` is sans-I/O: no event loops, sockets, processes, threads, clocks, randomness,
+  logging configuration, and nothing from ``fleet.server`` or ``fleet.agent``.
+* ``fleet/agent`` never imports ``fleet.server`` (or the server's web and database stack).
+* Only ``fleet/server/rpc.py`` and ``fleet/agent/link.py`` touch asyncio / trio-asyncio / grpclib.
+* No module imports a module from a higher layer.
+
+Every rule walks whatever modules exist, so it keeps enforcing as new ones appear.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import fleet
+
+ROOT = Path(fleet.__file__).parent  # .../fleet
+GRPC_MODULES = {"fleet.server.rpc", "fleet.agent.link"}
+
+#: Top-level modules fleet/core must not import.
+CORE_BANNED = {
+    "trio", "asyncio", "trio_asyncio", "anyio", "grpclib", "grpc", "pony", "quart",
+    "quart_trio", "hypercorn", "trio_websocket", "httpx", "socket", "ssl", "selectors",
+    "subprocess", "multiprocessing", "threading", "concurrent", "signal", "time", "random",
+    "secrets", "os", "sys", "shutil", "tempfile", "sqlite3", "urllib", "http", "importlib",
+    "logging.config",
+    "fleet.server", "fleet.agent", "fleet.cli",
+}  # fmt: skip
+#: Calls that read a clock, draw randomness or configure logging (however they were imported).
+CORE_BANNED_CALLS = {
+    "time.time", "time.monotonic", "time.perf_counter", "time.sleep", "datetime.now",
+    "datetime.utcnow", "datetime.today", "date.today", "uuid.uuid1", "uuid.uuid4",
+    "os.urandom", "logging.basicConfig", "basicConfig", "dictConfig", "fileConfig",
+    "open", "input", "print", "__import__", "breakpoint",
+}  # fmt: skip
+AGENT_BANNED = {"fleet.server", "quart", "quart_trio", "hypercorn", "pony", "trio_websocket"}
+ASYNCIO_FAMILY = {"asyncio", "trio_asyncio", "grpclib"}
+
+#: The layers of fleet/__init__.py's docstring (lowest first); checked against it below.
+LAYERS: list[list[str]] = [
+    ["fleet.proto", "fleet.core"],
+    ["fleet.agent"],
+    ["fleet.server.store", "fleet.server.agents", "fleet.server.logs"],
+    ["fleet.server.supervisor"],
+    ["fleet.server.api", "fleet.server.feed", "fleet.server.rpc"],
+    ["fleet.server.serve"],
+    ["fleet.server.cli", "fleet.cli"],
+]
+
+
+# --- the scanner ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Import:
+    target: str  # absolute dotted name; ``from a import b`` gives ``a.b``
+    line: int
+    type_only: bool  # under ``if TYPE_CHECKING:``
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def imports_of(tree: ast.Module, module: str, *, is_package: bool) -> Iterator[Import]:
+    """Every import in ``tree`` with its target resolved to an absolute name."""
+    package = module if is_package else module.rpartition(".")[0]
+
+    def walk(node: ast.AST, type_only: bool) -> Iterator[Import]:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child.test):
+                for stmt in child.body:
+                    yield from walk_one(stmt, True)
+                for stmt in child.orelse:
+                    yield from walk_one(stmt, type_only)
+            else:
+                yield from walk_one(child, type_only)
+
+    def walk_one(node: ast.AST, type_only: bool) -> Iterator[Import]:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield Import(alias.name, node.lineno, type_only)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                yield Import(base if alias.name == "*" else f"{base}.{alias.name}", node.lineno,
+                             type_only)  # fmt: skip
+        yield from walk(node, type_only)
+
+    yield from walk(tree, False)
+
+
+def dotted(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute) and (base := dotted(node.value)) is not None:
+        return f"{base}.{node.attr}"
+    return None
+
+
+def calls_of(tree: ast.Module) -> Iterator[tuple[str, int]]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and (name := dotted(node.func)) is not None:
+            yield name, node.lineno
+
+
+def matches(target: str, banned: set[str]) -> str | None:
+    """The banned name ``target`` is or lives under, if any."""
+    for name in banned:
+        if target == name or target.startswith(name + "."):
+            return name
+    return None
+
+
+def call_matches(call: str, banned: set[str]) -> bool:
+    return any(call == name or call.endswith("." + name) for name in banned)
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    module: str
+    tree: ast.Module
+
+    @property
+    def rel(self) -> str:
+        return self.path.relative_to(ROOT.parent).as_posix()
+
+    def imports(self) -> list[Import]:
+        return list(imports_of(self.tree, self.module, is_package=self.path.name == "__init__.py"))
+
+
+def sources(under: str = "") -> list[Source]:
+    """Every module under ``fleet/<under>``, except the generated ``fleet/proto``."""
+    out = []
+    for path in sorted((ROOT / under).rglob("*.py")):
+        if (ROOT / "proto") in path.parents:
+            continue
+        out.append(Source(path, module_name(path), ast.parse(path.read_text(), str(path))))
+    return out
+
+
+def layer_of(module: str) -> int | None:
+    best: tuple[int, int] | None = None  # (length of the matched prefix, layer)
+    for index, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and (
+                best is None or len(name) > best[0]
+            ):
+                best = (len(name), index)
+    return None if best is None else best[1]
+
+
+# --- the rules -------------------------------------------------------------------------------------
+
+
+def core_violations(source: Source) -> list[str]:
+    found = []
+    for imp in source.imports():
+        if hit := matches(imp.target, CORE_BANNED):
+            found.append(f"{source.rel}:{imp.line} imports {hit}")
+    for call, line in calls_of(source.tree):
+        if call_matches(call, CORE_BANNED_CALLS):
+            found.append(f"{source.rel}:{line} calls {call}()")
+    return found
+
+
+def agent_violations(source: Source) -> list[str]:
+    return [
+        f"{source.rel}:{imp.line} imports {hit}"
+        for imp in source.imports()
+        if (hit := matches(imp.target, AGENT_BANNED))
+    ]
+
+
+def asyncio_violations(source: Source) -> list[str]:
+    if source.module in GRPC_MODULES:
+        return []
+    return [
+        f"{source.rel}:{imp.line} imports {hit} (only {' and '.join(sorted(GRPC_MODULES))} may)"
+        for imp in source.imports()
+        if not imp.type_only and (hit := matches(imp.target, ASYNCIO_FAMILY))
+    ]
+
+
+def layer_violations(source: Source) -> list[str]:
+    own = layer_of(source.module)
+    found = []
+    for imp in source.imports():
+        if imp.type_only or not imp.target.startswith("fleet."):
+            continue
+        if source.module == "fleet.cli" or source.module.startswith("fleet.cli."):
+            if matches(imp.target, {"fleet.server"}):
+                found.append(f"{source.rel}:{imp.line}: fleet.cli imports {imp.target}")
+                continue
+        theirs = layer_of(imp.target)
+        if own is not None and theirs is not None and theirs > own:
+            found.append(
+                f"{source.rel}:{imp.line}: {source.module} (layer {own + 1}) imports "
+                f"{imp.target} (layer {theirs + 1})"
+            )
+    return found
+
+
+# --- the tests -------------------------------------------------------------------------------------
+
+
+def _report(found: list[str]) -> str:
+    return "\n".join(["layering violations:", *found])
+
+
+def test_core_is_sans_io() -> None:
+    found = [v for s in sources("core") for v in core_violations(s)]
+    assert not found, _report(found)
+    assert len(sources("core")) >= 5  # the scan sees the core's modules
+
+
+def test_agent_does_not_import_the_server() -> None:
+    found = [v for s in sources("agent") for v in agent_violations(s)]
+    assert not found, _report(found)
+
+
+def test_only_the_grpc_modules_touch_asyncio() -> None:
+    found = [v for s in sources() for v in asyncio_violations(s)]
+    assert not found, _report(found)
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    found = [v for s in sources() for v in layer_violations(s)]
+    assert not found, _report(found)
+
+
+def test_layers_match_the_package_docstring() -> None:
+    doc = fleet.__doc__ or ""
+    items = dict(re.findall(r"^(\d)\. (.*?)(?=^\d\. |^\s*$)", doc, flags=re.M | re.S))
+    assert len(items) == len(LAYERS), "fleet/__init__.py lists a different number of layers"
+    for index, names in enumerate(LAYERS):
+        for name in names:
+            assert f"``{name}``" in items[str(index + 1)], f"{name} is not in layer {index + 1}"
+    for module in GRPC_MODULES:
+        assert f"``{module}``" in doc
+
+
+# --- the scanner itself catches what it should -------------------------------------------------------
+
+
+def _source(code: str, module: str) -> Source:
+    return Source(ROOT / "core" / "_probe.py", module, ast.parse(code))
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import time",
+        "import os.path",
+        "from time import monotonic",
+        "import asyncio as aio",
+        "from trio import lowlevel",
+        "import logging.config",
+        "from ..server import store",
+        "from fleet.agent.link import Link",
+        "from .. import server",
+        "import random\n",
+        "from datetime import datetime\nx = datetime.now()",
+        "import datetime\nx = datetime.datetime.utcnow()",
+        "import logging\nlogging.basicConfig()",
+        "print('hi')",
+        "with open('f') as f: pass",
+        "def f():\n    import subprocess",
+        "if True:\n    import socket",
+    ],
+)
+def test_core_scanner_flags(code: str) -> None:
+    assert core_violations(_source(code, "fleet.core._probe"))
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "from ._events import Tick",
+        "from . import _events",
+        "import logging\nlog = logging.getLogger(__name__)",
+        "from datetime import datetime, timezone\nx = datetime.fromtimestamp(0, timezone.utc)",
+        "from fleet.proto import agent_service",
+        "from collections import deque",
+    ],
+)
+def test_core_scanner_allows(code: str) -> None:
+    assert core_violations(_source(code, "fleet.core._probe")) == []
+
+
+def test_asyncio_rule_respects_the_two_modules_and_type_checking() -> None:
+    code = "import grpclib\nfrom trio_asyncio import aio_as_trio"
+    assert len(asyncio_violations(_source(code, "fleet.server.api"))) == 2
+    assert asyncio_violations(_source(code, "fleet.server.rpc")) == []
+    assert asyncio_violations(_source(code, "fleet.agent.link")) == []
+    typed = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import grpclib\n"
+    assert asyncio_violations(_source(typed, "fleet.server.api")) == []
+
+
+def test_layer_rule() -> None:
+    assert layer_violations(_source("from . import supervisor", "fleet.server.store"))
+    assert layer_violations(_source("from .serve import main", "fleet.server.api"))
+    assert layer_violations(_source("from fleet.server import store", "fleet.agent.runner"))
+    assert layer_violations(_source("import fleet.server.store", "fleet.cli"))
+    assert layer_violations(_source("from fleet.server.api import x", "fleet.cli.main"))
+    assert layer_violations(_source("from .store import Store", "fleet.server.supervisor")) == []
+    assert layer_violations(_source("from fleet.core import Batch", "fleet.server.cli")) == []
+    assert layer_violations(_source("from .serve import main", "fleet.server.cli")) == []
+    assert layer_of("fleet.server.store.models") == 2
+    assert layer_of("fleet.server.config") is None  # unlisted modules are not ranked
