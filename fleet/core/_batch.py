@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from ._errors import InvalidTransition
 from ._events import (
+    AgentLost,
     BatchChanged,
     ChildChanged,
     ChildEvent,
@@ -41,6 +42,7 @@ from ._events import (
     TerminateBatch,
     TerminateChild,
     Tick,
+    Unreachable,
 )
 from ._status import BatchStatus, ChildStatus
 from ._task import ChildTask
@@ -142,6 +144,32 @@ class Batch:
             for t in self.children.values()
             if t.status is ChildStatus.PENDING
         ]
+
+    def resume(self, *, now: float) -> list[Effect]:
+        """Carry on after the owner restarted, with children restored to their stored status.
+
+        A child that was never sent is unreachable; a live one is treated as having lost its
+        agent just now, so the agent gets the reconnect grace to come back and report.
+        Call instead of ``start``.
+        """
+        if self._started:
+            raise InvalidTransition(self.status, "resume")
+        self._started = True
+        effects: list[Effect] = []
+        for task in self.children.values():
+            if task.is_terminal:
+                continue
+            if task.status is ChildStatus.PENDING:
+                self._child_event(
+                    Unreachable(task.child_id, "the server restarted before sending the command"),
+                    now,
+                    effects,
+                )
+            else:
+                task.sent_at = task.sent_at if task.sent_at is not None else now
+                self._child_event(AgentLost(task.child_id), now, effects)
+        self._settle(now, effects)
+        return effects
 
     def handle(self, event: Event, *, now: float) -> list[Effect]:
         """Apply one event and return the effects for the owner to carry out.

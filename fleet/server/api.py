@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quart import Response, redirect, request, send_from_directory, websocket
+from quart import Response, request, send_from_directory, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -189,10 +189,10 @@ def create_app(services: Services) -> QuartTrio:
         token = request.args.get("token")
         if token is not None:
             if not _token_ok(services, token):
-                return redirect("/#/login?error=invalid-token", 303)  # type: ignore[return-value]
-            response = redirect("/", 303)
+                return _redirect("/#/login?error=invalid-token")
+            response = _redirect("/")
             _set_cookie(response, token, secure=services.config.tls)
-            return response  # type: ignore[return-value]
+            return response
         response = await send_from_directory(ui, "index.html")
         response.headers["Cache-Control"] = "no-cache"
         return response
@@ -234,6 +234,10 @@ def create_app(services: Services) -> QuartTrio:
     api_inventory.register(app, services)
     api_batches.register(app, services)
     return app
+
+
+def _redirect(location: str) -> Response:
+    return Response("", status=303, headers={"Location": location})
 
 
 def _set_cookie(response: Response, token: str, *, secure: bool) -> None:

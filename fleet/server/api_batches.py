@@ -53,7 +53,7 @@ def register(app: QuartTrio, services: Services) -> None:
             execution_alias=req.execution_alias,
             user_id="admin",
             command_type="SAVED_SCRIPT" if script is not None else "ADHOC_COMMAND",
-            command_content=script.content if script is not None else req.command_content,
+            command_content=script.content if script is not None else req.command_content or "",
             script_id=req.script_id,
             working_directory=req.working_directory,
             timeout_seconds=req.timeout_seconds,

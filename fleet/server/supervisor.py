@@ -53,6 +53,12 @@ _RESULT_STATUS = {
     pb.CommandStatus.TERMINATED: core.ChildStatus.TERMINATED,
 }
 _STREAM = {pb.OutputType.STDOUT: "stdout", pb.OutputType.STDERR: "stderr"}
+_REPORTS = (
+    pb.BatchCommandOutputStream,
+    pb.BatchCommandResult,
+    pb.BatchCommandAck,
+    pb.BatchCommandStarted,
+)
 
 
 class Publisher(Protocol):
@@ -144,21 +150,12 @@ class BatchRun:
 
     def _resume(self, nursery: trio.Nursery) -> None:
         """After a server restart: every live child waits for its agent to come back."""
-        self.batch._started = True
-        now = time.time()
+        self._apply(self.batch.resume(now=time.time()))
         for task in self.batch.children.values():
             if task.is_terminal:
                 self._done[task.child_id].set()
-                continue
-            if task.status is core.ChildStatus.PENDING:
-                self._handle(core.Unreachable(task.child_id, "the server restarted before sending"))
-                continue
-            task.sent_at = now
-            task.lost_since = now
-            nursery.start_soon(self._child_wait, task.child_id)
-        if self.batch.status is core.BatchStatus.PENDING:
-            self.batch.status = core.BatchStatus.IN_PROGRESS
-        self._handle(core.Tick())
+            else:
+                nursery.start_soon(self._child_wait, task.child_id)
 
     async def _child(self, child_id: str) -> None:
         task = self.batch.children[child_id]
@@ -537,14 +534,10 @@ class Supervisor:
             run.agent_lost(session.vps_id)
 
     def message(self, session: AgentSession, message: pb.MessageToServer) -> None:
-        field, payload = betterproto2.which_one_of(message, "payload")
-        if field not in (
-            "batch_command_output_stream",
-            "batch_command_result",
-            "batch_command_ack",
-            "batch_command_started",
-        ):
+        _, payload = betterproto2.which_one_of(message, "payload")
+        if not isinstance(payload, _REPORTS):
             return  # a payload this server does not implement (or a repeated handshake)
+        is_result = isinstance(payload, pb.BatchCommandResult)
         run = self._owner.get(payload.command_id)
         if run is None or run.batch.children[payload.command_id].vps_id != session.vps_id:
             if run is not None:
@@ -553,18 +546,19 @@ class Supervisor:
                     session.vps_id,
                     payload.command_id,
                 )
-            if field == "batch_command_result":
+            if is_result:
                 # Finished earlier (or unknown): acknowledge so the agent stops re-sending.
                 self._ack_result(session, payload.command_id)
             return
-        if field == "batch_command_output_stream":
+        if isinstance(payload, pb.BatchCommandOutputStream):
             run.on_output(payload)
-        elif field == "batch_command_result":
+        elif isinstance(payload, pb.BatchCommandResult):
+            command_id = payload.command_id
             if run.on_result(payload):
-                self.writeback.after_flush(lambda: self._ack_result(session, payload.command_id))
+                self.writeback.after_flush(lambda: self._ack_result(session, command_id))
             else:
-                self._ack_result(session, payload.command_id)  # duplicate or late
-        elif field == "batch_command_ack":
+                self._ack_result(session, command_id)  # duplicate or late
+        elif isinstance(payload, pb.BatchCommandAck):
             run.on_ack(payload)
         else:
             run.on_started(payload)

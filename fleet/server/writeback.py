@@ -32,7 +32,7 @@ def _merge(old: ChildUpdate | BatchUpdate, new: ChildUpdate | BatchUpdate) -> Ch
         for f in dataclasses.fields(new)
         if getattr(new, f.name) is not None and getattr(new, f.name) is not UNSET
     }
-    return dataclasses.replace(old, **changes)  # type: ignore[return-value,type-var]
+    return dataclasses.replace(old, **changes)  # type: ignore[return-value]
 
 
 class WriteBack:
