@@ -81,7 +81,13 @@ class FakeAgent:
         if self._stream is not None:
             try:
                 await self._stream.__aexit__(None, None, None)
-            except (StreamTerminatedError, GRPCError, ProtocolError, asyncio.CancelledError, ConnectionError):
+            except (
+                StreamTerminatedError,
+                GRPCError,
+                ProtocolError,
+                asyncio.CancelledError,
+                ConnectionError,
+            ):
                 pass
         if self._channel is not None:
             self._channel.close()
@@ -89,7 +95,9 @@ class FakeAgent:
     # --- message builders --------------------------------------------------------------------
 
     @staticmethod
-    def output(command_id: str, data: bytes, offset: int | None, stream: int = 1) -> pb.MessageToServer:
+    def output(
+        command_id: str, data: bytes, offset: int | None, stream: int = 1
+    ) -> pb.MessageToServer:
         return pb.MessageToServer(
             batch_command_output_stream=pb.BatchCommandOutputStream(
                 command_id=command_id, stream_type=pb.OutputType(stream), chunk=data, offset=offset
@@ -97,7 +105,9 @@ class FakeAgent:
         )
 
     @staticmethod
-    def result(command_id: str, status: int = 1, exit_code: int = 0, error: str = "") -> pb.MessageToServer:
+    def result(
+        command_id: str, status: int = 1, exit_code: int = 0, error: str = ""
+    ) -> pb.MessageToServer:
         return pb.MessageToServer(
             batch_command_result=pb.BatchCommandResult(
                 command_id=command_id,

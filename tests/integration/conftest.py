@@ -46,7 +46,9 @@ async def client(server: Endpoints) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def add_vps(client: httpx.AsyncClient, name: str, tags: list[str] | None = None) -> dict[str, Any]:
+async def add_vps(
+    client: httpx.AsyncClient, name: str, tags: list[str] | None = None
+) -> dict[str, Any]:
     response = await client.post("/api/vps", json={"name": name, "tags": tags or []})
     assert response.status_code == 201, response.text
     return dict(response.json())
@@ -80,8 +82,9 @@ async def batch_view(server: Endpoints, batch_id: str) -> dict[str, Any]:
 async def wait_batch(
     server: Endpoints,
     batch_id: str,
-    predicate: Callable[[dict[str, Any]], bool] = lambda b: b["overall_status"]
-    not in ("PENDING", "IN_PROGRESS", "TERMINATING"),
+    predicate: Callable[[dict[str, Any]], bool] = lambda b: (
+        b["overall_status"] not in ("PENDING", "IN_PROGRESS", "TERMINATING")
+    ),
 ) -> dict[str, Any]:
     """Wait on the batch's feed events until ``predicate(GET body)`` holds; return the body."""
     with server.services.hub.subscribe(batch_id) as sub:

@@ -14,7 +14,9 @@ from tests.fakeagent import FakeAgent
 from .conftest import add_vps, wait_batch, wait_online
 
 
-async def _connected(server: Endpoints, client: httpx.AsyncClient, name: str) -> tuple[dict[str, Any], FakeAgent]:
+async def _connected(
+    server: Endpoints, client: httpx.AsyncClient, name: str
+) -> tuple[dict[str, Any], FakeAgent]:
     vps = await add_vps(client, name)
     agent = FakeAgent(server.grpc_address, vps["id"], vps["agent_secret"])
     ack = await agent.open()
@@ -25,7 +27,8 @@ async def _connected(server: Endpoints, client: httpx.AsyncClient, name: str) ->
 
 async def _run(client: httpx.AsyncClient, command: str, *ids: int, **extra: Any) -> str:
     response = await client.post(
-        "/api/batch_commands", json={"command_content": command, "target_vps_ids": list(ids), **extra}
+        "/api/batch_commands",
+        json={"command_content": command, "target_vps_ids": list(ids), **extra},
     )
     assert response.status_code == 202, response.text
     return str(response.json()["batch_command_id"])
@@ -43,7 +46,9 @@ async def test_wrong_secret_is_refused(server: Endpoints, client: httpx.AsyncCli
         await agent.close()
 
 
-async def test_peer_without_extensions_completes(server: Endpoints, client: httpx.AsyncClient) -> None:
+async def test_peer_without_extensions_completes(
+    server: Endpoints, client: httpx.AsyncClient
+) -> None:
     """Only output and a result (no ack, no started): the child still moves forward."""
     with trio.fail_after(10):
         vps, agent = await _connected(server, client, "old-peer")
@@ -66,7 +71,9 @@ async def test_peer_without_extensions_completes(server: Endpoints, client: http
         await agent.close()
 
 
-async def test_duplicates_and_late_results_are_ignored(server: Endpoints, client: httpx.AsyncClient) -> None:
+async def test_duplicates_and_late_results_are_ignored(
+    server: Endpoints, client: httpx.AsyncClient
+) -> None:
     with trio.fail_after(10):
         vps, agent = await _connected(server, client, "dup")
         batch_id = await _run(client, "x", vps["id"])
@@ -88,7 +95,9 @@ async def test_duplicates_and_late_results_are_ignored(server: Endpoints, client
         await agent.close()
 
 
-async def test_reports_on_another_vps_command_are_dropped(server: Endpoints, client: httpx.AsyncClient) -> None:
+async def test_reports_on_another_vps_command_are_dropped(
+    server: Endpoints, client: httpx.AsyncClient
+) -> None:
     with trio.fail_after(10):
         vps_a, agent_a = await _connected(server, client, "a")
         vps_b, agent_b = await _connected(server, client, "b")
@@ -108,7 +117,9 @@ async def test_reports_on_another_vps_command_are_dropped(server: Endpoints, cli
         await agent_b.close()
 
 
-async def test_changing_credentials_mid_stream_closes_it(server: Endpoints, client: httpx.AsyncClient) -> None:
+async def test_changing_credentials_mid_stream_closes_it(
+    server: Endpoints, client: httpx.AsyncClient
+) -> None:
     with trio.fail_after(10):
         vps_a, agent = await _connected(server, client, "a")
         vps_b = await add_vps(client, "b")
@@ -140,7 +151,9 @@ async def test_newest_stream_wins(server: Endpoints, client: httpx.AsyncClient) 
         await second.close()
 
 
-async def test_terminate_unconfirmed_and_reconnect_grace(server: Endpoints, client: httpx.AsyncClient) -> None:
+async def test_terminate_unconfirmed_and_reconnect_grace(
+    server: Endpoints, client: httpx.AsyncClient
+) -> None:
     with trio.fail_after(20):
         vps, agent = await _connected(server, client, "a")
         batch_id = await _run(client, "sleep 100", vps["id"])
@@ -156,7 +169,9 @@ async def test_terminate_unconfirmed_and_reconnect_grace(server: Endpoints, clie
         await agent.close()
 
 
-async def test_agent_lost_becomes_unreachable_after_grace(server: Endpoints, client: httpx.AsyncClient) -> None:
+async def test_agent_lost_becomes_unreachable_after_grace(
+    server: Endpoints, client: httpx.AsyncClient
+) -> None:
     with trio.fail_after(20):
         vps, agent = await _connected(server, client, "a")
         batch_id = await _run(client, "sleep 100", vps["id"])
@@ -168,7 +183,9 @@ async def test_agent_lost_becomes_unreachable_after_grace(server: Endpoints, cli
         assert batch["overall_status"] == "COMPLETED_WITH_ERRORS"
 
 
-async def test_agent_back_within_grace_delivers_result(server: Endpoints, client: httpx.AsyncClient) -> None:
+async def test_agent_back_within_grace_delivers_result(
+    server: Endpoints, client: httpx.AsyncClient
+) -> None:
     with trio.fail_after(20):
         vps, agent = await _connected(server, client, "a")
         batch_id = await _run(client, "x", vps["id"])
@@ -183,7 +200,9 @@ async def test_agent_back_within_grace_delivers_result(server: Endpoints, client
         await again.close()
 
 
-async def test_unreachable_at_dispatch_is_failed_to_start(server: Endpoints, client: httpx.AsyncClient) -> None:
+async def test_unreachable_at_dispatch_is_failed_to_start(
+    server: Endpoints, client: httpx.AsyncClient
+) -> None:
     with trio.fail_after(10):
         vps = await add_vps(client, "offline")
         batch_id = await _run(client, "x", vps["id"])
