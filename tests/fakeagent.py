@@ -11,7 +11,6 @@ from typing import Any
 
 import grpclib.client
 import grpclib.const
-import trio
 import trio_asyncio
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
@@ -38,7 +37,8 @@ class FakeAgent:
         await trio_asyncio.aio_as_trio(self._open)()
         await self.send(pb.MessageToServer(agent_handshake=pb.AgentHandshake(hostname="fake")))
         reply = await self.receive()
-        assert reply is not None and reply.server_handshake_ack is not None, repr(self.ended)
+        assert reply is not None, repr(self.ended)
+        assert reply.server_handshake_ack is not None, reply
         return reply.server_handshake_ack
 
     async def _open(self) -> None:

@@ -60,7 +60,8 @@ async def test_snapshot_then_events(server: Endpoints, client: httpx.AsyncClient
             ("stderr", 0, "oops\n"),
         ]
         updates = [e["status"] for e in seen if e["type"] == "CHILD_TASK_UPDATE"]
-        assert updates[0] == "EXECUTING" and updates[-1] == "SUCCESS"
+        assert updates[0] == "EXECUTING"
+        assert updates[-1] == "SUCCESS"
         await agent.close()
 
 
@@ -117,7 +118,8 @@ async def test_stuck_subscriber_is_bounded_and_never_blocks() -> None:
             assert stuck.queued_bytes <= 64 * 1024
             if live.queued_bytes > 32 * 1024:
                 await live.get()  # the live subscriber keeps up and is never dropped
-        assert stuck.overrun and not live.overrun
+        assert stuck.overrun
+        assert not live.overrun
         with pytest.raises(Overrun):
             await stuck.get()
     assert not hub.has_subscribers("b")

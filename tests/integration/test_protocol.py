@@ -100,7 +100,7 @@ async def test_reports_on_another_vps_command_are_dropped(
 ) -> None:
     with trio.fail_after(10):
         vps_a, agent_a = await _connected(server, client, "a")
-        vps_b, agent_b = await _connected(server, client, "b")
+        _vps_b, agent_b = await _connected(server, client, "b")
         batch_id = await _run(client, "x", vps_a["id"])
         request = await agent_a.receive_payload("batch_agent_command_request")
         # B claims A's command: dropped (the result is acknowledged so B stops re-sending).
