@@ -38,6 +38,7 @@ import trio_asyncio
 from grpclib.config import Configuration
 from grpclib.const import Status
 from grpclib.exceptions import StreamTerminatedError
+from h2.exceptions import StreamClosedError
 
 from fleet.proto import agent_service as pb
 
@@ -103,6 +104,13 @@ class _Session:
 
     async def write(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         """Drain the queue into the stream until closed (asyncio side)."""
+        try:
+            await self._write(stream)
+        except (StreamTerminatedError, StreamClosedError, ConnectionError) as exc:
+            self._closed = True
+            logger.debug("vps=%s stream gone while writing: %r", self.vps_id, exc)
+
+    async def _write(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         while True:
             item = await self._queue.get()
             batch = [item]
