@@ -24,8 +24,9 @@ async def loop() -> AsyncIterator[Any]:
 
 
 @pytest.fixture
-def server_config(tmp_path: Path) -> ServerConfig:
-    return ServerConfig.for_test(tmp_path / "data")
+def server_config(tmp_path: Path, request: pytest.FixtureRequest) -> ServerConfig:
+    """Test settings; parametrize indirectly with a dict of changes."""
+    return ServerConfig.for_test(tmp_path / "data", **getattr(request, "param", {}))
 
 
 @pytest.fixture
