@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +74,8 @@ async def test_three_agents_mixed_results(server: Endpoints, client: httpx.Async
                 assert task["exit_code"] == 0
                 assert task["output_stream_summary"] == ["out-2"]
                 assert task["error_stream_summary"] == ["err"]
-                assert task["agent_started_at"] and task["agent_completed_at"]
+                assert task["agent_started_at"]
+                assert task["agent_completed_at"]
             bad = await run_batch(client, 'test "$(hostname)" = nope || exit 7', vps[:1])
             batch = await wait_batch(server, bad)
             assert batch["overall_status"] == "COMPLETED_WITH_ERRORS"
