@@ -12,4 +12,4 @@ def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith("FLEET_") and name != "FLEET_TEST_POSTGRES_DSN":
             monkeypatch.delenv(name)
-    yield
+    return

@@ -169,7 +169,7 @@ def layer_of(module: str) -> int | None:
     return None if best is None else best[1]
 
 
-# --- the rules -------------------------------------------------------------------------------------
+# --- the rules ------------------------------------------------------------------------------------
 
 
 def core_violations(source: Source) -> list[str]:
@@ -195,7 +195,8 @@ def asyncio_violations(source: Source) -> list[str]:
     if source.module in GRPC_MODULES:
         return []
     return [
-        f"{source.rel}:{imp.line} imports {hit} (only {' and '.join(sorted(GRPC_MODULES))} may)"
+        f"{source.rel}:{imp.line} imports {hit} (only {' and '.join(sorted(GRPC_MODULES))} may: "
+        "reach it through them, e.g. a helper there that opens the trio-asyncio loop)"
         for imp in source.imports()
         if not imp.type_only and (hit := matches(imp.target, ASYNCIO_FAMILY))
     ]
@@ -220,7 +221,7 @@ def layer_violations(source: Source) -> list[str]:
     return found
 
 
-# --- the tests -------------------------------------------------------------------------------------
+# --- the tests ------------------------------------------------------------------------------------
 
 
 def _report(found: list[str]) -> str:
@@ -259,7 +260,7 @@ def test_layers_match_the_package_docstring() -> None:
         assert f"``{module}``" in doc
 
 
-# --- the scanner itself catches what it should -------------------------------------------------------
+# --- the scanner itself catches what it should ----------------------------------------------------
 
 
 def _source(code: str, module: str) -> Source:

@@ -114,8 +114,15 @@ class FakeServer:
 
     async def send(self, **payload: Any) -> None:
         """Send a MessageToAgent with the given payload field to the newest connection."""
+        await self.send_message(pb.MessageToAgent(**payload))
+
+    async def send_message(self, message: pb.MessageToAgent) -> None:
         stream = self._streams[max(self._streams)]
-        await trio_asyncio.aio_as_trio(stream.send_message)(pb.MessageToAgent(**payload))
+        await trio_asyncio.aio_as_trio(stream.send_message)(message)
+
+    async def wait_connected(self) -> None:
+        """Wait until an agent's handshake was accepted."""
+        await self.wait_for(lambda: self._streams)
 
     async def run_command(self, command_id: str, content: str, **fields: Any) -> None:
         await self.send(
@@ -200,6 +207,7 @@ class FakeServer:
         if not ok:
             return
         self._streams[connection] = stream
+        self._notify()
         try:
             async for message in stream:
                 self._record(connection, message)
@@ -217,6 +225,9 @@ class FakeServer:
 
     def _record(self, connection: int, message: pb.MessageToServer) -> None:
         self.received.append(Received(connection, message, trio.current_time()))
+        self._notify()
+
+    def _notify(self) -> None:
         # trio's synchronous APIs are fine from asyncio code.
         changed, self._changed = self._changed, trio.Event()
         changed.set()

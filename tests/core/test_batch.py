@@ -43,7 +43,8 @@ S = ChildStatus
 def test_a_new_batch_is_pending() -> None:
     batch = Batch("b1", tasks(3), timeout_s=5)
     assert batch.batch_id == "b1"
-    assert batch.status is B.PENDING and not batch.is_final
+    assert batch.status is B.PENDING
+    assert not batch.is_final
     assert list(batch.children) == ["c1", "c2", "c3"]
     assert batch.timers == BatchTimers(reconnect_grace_s=30.0, result_slack_s=60.0)
     assert (batch.user_terminated, batch.completed_at, batch.updated_at) == (False, None, None)
@@ -126,7 +127,8 @@ def test_all_success_completes_successfully() -> None:
     h.send(
         Finished("c2", S.SUCCESS, exit_code=0), at=6, expect=[ChildChanged("c2"), BatchChanged()]
     )
-    assert h.batch.status is B.COMPLETED_SUCCESSFULLY and h.batch.is_final
+    assert h.batch.status is B.COMPLETED_SUCCESSFULLY
+    assert h.batch.is_final
     assert (h.batch.completed_at, h.batch.updated_at) == (6, 6)
 
 
@@ -228,7 +230,8 @@ def test_terminate_batch_treats_each_child_by_its_status() -> None:
             # c4 already SUCCESS, c5 already TERMINATING: untouched
         ],
     )
-    assert h.batch.status is B.TERMINATING and h.batch.user_terminated
+    assert h.batch.status is B.TERMINATING
+    assert h.batch.user_terminated
     assert h.statuses() == {
         "c1": S.TERMINATED,
         "c2": S.TERMINATING,
@@ -251,7 +254,8 @@ def test_terminate_batch_treats_each_child_by_its_status() -> None:
     )
     assert h.status("c5") is S.FAILURE
     assert "not confirmed by the agent within 10 s" in (h.child("c5").error_message or "")
-    assert h.batch.status is B.TERMINATED and h.batch.completed_at == 16
+    assert h.batch.status is B.TERMINATED
+    assert h.batch.completed_at == 16
 
 
 def test_terminating_a_pending_batch_ends_it_at_once() -> None:
@@ -261,7 +265,8 @@ def test_terminating_a_pending_batch_ends_it_at_once() -> None:
         at=1,
         expect=[BatchChanged(), ChildChanged("c1"), ChildChanged("c2")],
     )
-    assert h.batch.status is B.TERMINATED and h.batch.completed_at == 1
+    assert h.batch.status is B.TERMINATED
+    assert h.batch.completed_at == 1
 
 
 @pytest.mark.parametrize(
@@ -293,7 +298,8 @@ def test_terminate_one_child() -> None:
     h.send(TerminateChild("c1"), at=3, expect=[])  # already terminating: nothing sent twice
     h.send(TerminateChild("c3"), at=3, expect=[ChildChanged("c3")])  # pending: no agent to tell
     assert h.status("c3") is S.TERMINATED
-    assert h.batch.status is B.IN_PROGRESS and not h.batch.user_terminated
+    assert h.batch.status is B.IN_PROGRESS
+    assert not h.batch.user_terminated
     h.send(Finished("c1", S.TERMINATED, exit_code=-15), at=4)
     h.illegal(TerminateChild("c1"), at=5)  # a finished child cannot be terminated
     h.send(Finished("c2", S.SUCCESS, exit_code=0), at=6)
@@ -339,6 +345,11 @@ def _done(status: ChildStatus, *, sent: bool) -> ChildTask:
         ([_done(S.FAILURE, sent=True), _done(S.SUCCESS, sent=True)], False,
          B.COMPLETED_WITH_ERRORS),
         ([_done(S.TERMINATED, sent=True)], False, B.COMPLETED_WITH_ERRORS),
+        # Restored after a restart, without sent_at: the status tells it was dispatched.
+        ([_done(S.SUCCESS, sent=False)], False, B.COMPLETED_SUCCESSFULLY),
+        ([_done(S.AGENT_REJECTED, sent=False)], False, B.COMPLETED_WITH_ERRORS),
+        ([_done(S.FAILURE, sent=False), _done(S.AGENT_UNREACHABLE, sent=False)], False,
+         B.COMPLETED_WITH_ERRORS),
     ],
 )  # fmt: skip
 def test_final_status_rules(
@@ -372,7 +383,8 @@ def test_reconnect_grace() -> None:
     assert h.child("c1").error_message == (
         "the agent disconnected and did not come back within 30 s"
     )
-    assert h.child("c1").lost_since is None and h.child("c1").completed_at == 95
+    assert h.child("c1").lost_since is None
+    assert h.child("c1").completed_at == 95
     assert h.batch.next_deadline() == 100
     h.send(Tick(), at=100, expect=[ChildChanged("c2"), BatchChanged()])
     assert h.batch.status is B.COMPLETED_WITH_ERRORS
@@ -451,3 +463,74 @@ def test_tick_without_deadlines_does_nothing() -> None:
     before = snapshot(h.batch)
     h.send(Tick(), at=10**9, expect=[])
     assert vars(h.batch) == before
+
+
+# --- resume after a restart ---------------------------------------------------------------------
+
+
+def restored(*statuses: ChildStatus, sent_at: float | None = None) -> list[ChildTask]:
+    """Children as the store gives them back: status (and result) only, no timestamps."""
+    out = []
+    for i, status in enumerate(statuses, start=1):
+        task = ChildTask(f"c{i}", i, status=status)
+        task.sent_at = sent_at if status is not S.PENDING else None
+        out.append(task)
+    return out
+
+
+def test_resume_gives_live_children_the_reconnect_grace() -> None:
+    children = restored(S.PENDING, S.SENT_TO_AGENT, S.EXECUTING, S.SUCCESS, S.TERMINATING)
+    children[2].sent_at = 5.0
+    batch = Batch("b1", children, timers=BatchTimers(reconnect_grace_s=30))
+    effects = batch.resume(now=100)
+    assert effects == [
+        ChildChanged("c1"),
+        ChildChanged("c2"),
+        ChildChanged("c3"),
+        ChildChanged("c5"),
+        BatchChanged(),
+    ]
+    c = batch.children
+    assert c["c1"].status is S.AGENT_UNREACHABLE
+    assert c["c1"].error_message == "the server restarted before sending the command"
+    assert (c["c2"].sent_at, c["c2"].lost_since) == (100, 100)
+    assert (c["c3"].sent_at, c["c3"].lost_since) == (5.0, 100)
+    assert c["c4"].lost_since is None
+    assert batch.status is B.IN_PROGRESS
+    assert batch.next_deadline() == 130
+
+    batch.handle(AgentReturned("c3"), now=110)
+    batch.handle(Finished("c3", S.SUCCESS, exit_code=0), now=111)
+    assert batch.handle(Tick(), now=130) == [
+        ChildChanged("c2"),
+        ChildChanged("c5"),
+        BatchChanged(),
+    ]
+    assert batch.status is B.COMPLETED_WITH_ERRORS
+
+
+def test_resume_of_a_batch_whose_children_all_finished() -> None:
+    batch = Batch("b1", restored(S.SUCCESS, S.SUCCESS))
+    assert batch.resume(now=1) == [BatchChanged()]
+    assert batch.status is B.COMPLETED_SUCCESSFULLY
+    assert batch.completed_at == 1
+
+
+def test_resume_of_a_batch_that_never_reached_an_agent() -> None:
+    batch = Batch("b1", restored(S.PENDING, S.AGENT_UNREACHABLE))
+    batch.resume(now=1)
+    assert batch.status is B.FAILED_TO_START
+
+
+def test_resume_and_start_are_called_once_between_them() -> None:
+    batch = Batch("b1", restored(S.EXECUTING, sent_at=1))
+    batch.resume(now=2)
+    for call in (batch.resume, batch.start):
+        before = snapshot(batch)
+        with pytest.raises(InvalidTransition):
+            call(now=3)
+        assert vars(batch) == before
+    fresh = Batch("b2", tasks(1))
+    fresh.start(now=0)
+    with pytest.raises(InvalidTransition):
+        fresh.resume(now=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -81,7 +82,6 @@ _LIVE = {S.SENT_TO_AGENT, S.AGENT_ACCEPTED, S.EXECUTING, S.TERMINATING}
 #: Events on the way to success (plus a flaky network), to reach COMPLETED_SUCCESSFULLY often.
 _HAPPY = ["Dispatched", "Acked", "Started", "OutputSeen", "FinishedSuccess", "AgentLost",
           "AgentReturned"]  # fmt: skip
-
 
 
 def steps(*modes: str) -> st.SearchStrategy[tuple[str, int, int, float]]:
@@ -177,21 +177,50 @@ def check_deadline(batch: Batch, now: float) -> None:
     assert due.handle(Tick(), now=max(now, deadline)) != []
 
 
+#: Restored statuses that prove the command reached the agent (SPEC: "no target reachable").
+_NOT_REACHED = {S.PENDING, S.AGENT_UNREACHABLE, S.TERMINATED}
+
+
+def begin(batch: Batch, restore: list[ChildStatus] | None) -> bool:
+    """Start the batch, or resume it with restored statuses; whether anything was dispatched."""
+    if restore is None:
+        effects = batch.start(now=0.0)
+        assert effects == [SendCommand(c.child_id, c.vps_id) for c in batch.children.values()]
+        return False
+    for task, status in zip(batch.children.values(), restore, strict=False):
+        task.status = status  # what a store gives back: the status, no timestamps
+    before = snapshot(batch)
+    effects = batch.resume(now=0.0)
+    check_effects(batch, before, effects)
+    assert not any(t.status is S.PENDING for t in batch.children.values())
+    return any(status not in _NOT_REACHED for status in restore[: len(batch.children)])
+
+
 @PROPS
-@given(batch=batches, plan=plans)
-def test_random_event_sequences(batch: Batch, plan: list[tuple[str, int, int, float]]) -> None:
+@given(
+    batch=batches,
+    plan=plans,
+    restore=st.none() | st.lists(st.sampled_from(list(S)), min_size=4, max_size=4),
+)
+def test_random_event_sequences(
+    batch: Batch, plan: list[tuple[str, int, int, float]], restore: list[ChildStatus] | None
+) -> None:
     now = 0.0
-    assert batch.start(now=now) == [SendCommand(c.child_id, c.vps_id) for c in batch.children.values()]
-    user_terminated = ever_dispatched = False
+    ever_dispatched = begin(batch, restore)
+    user_terminated = False
+    check_invariants(batch, user_terminated=False, ever_dispatched=ever_dispatched)
 
     for how, child, kind, wait in plan:
         now += wait
         event = pick_event(batch, how, child, kind)
         before = snapshot(batch)
         was_final = batch.is_final
+        error: InvalidTransition | None = None
         try:
             effects = batch.handle(event, now=now)
-        except InvalidTransition as error:
+        except InvalidTransition as caught:
+            error = caught
+        if error is not None:
             assert not isinstance(event, TerminateBatch | Tick)
             assert not batch.children[event.child_id].accepts(event)
             assert error.event is event
@@ -210,20 +239,23 @@ def test_random_event_sequences(batch: Batch, plan: list[tuple[str, int, int, fl
             assert effects == []
             assert vars(batch) == before
 
-        # The batch is final exactly when every child is, and then with the right status.
-        assert batch.is_final == all(t.is_terminal for t in batch.children.values())
-        if batch.is_final:
-            assert batch.status is expected_final(
-                batch, user_terminated=user_terminated, ever_dispatched=ever_dispatched
-            )
-            assert batch.completed_at is not None
-        else:
+        if not batch.is_final:
             assert _RANK[batch.status] >= _RANK[before["status"]], "the batch went backwards"
-        assert batch.user_terminated == user_terminated
-
+        check_invariants(batch, user_terminated=user_terminated, ever_dispatched=ever_dispatched)
         check_effects(batch, before, effects)
         check_deadline(batch, now)
-        assert sum(batch.counts().values()) == len(batch.children)
+
+
+def check_invariants(batch: Batch, *, user_terminated: bool, ever_dispatched: bool) -> None:
+    # The batch is final exactly when every child is, and then with the right status.
+    assert batch.is_final == all(t.is_terminal for t in batch.children.values())
+    if batch.is_final:
+        assert batch.status is expected_final(
+            batch, user_terminated=user_terminated, ever_dispatched=ever_dispatched
+        )
+        assert batch.completed_at is not None
+    assert batch.user_terminated == user_terminated
+    assert sum(batch.counts().values()) == len(batch.children)
 
 
 # --- StreamCursor --------------------------------------------------------------------------------
@@ -266,7 +298,7 @@ def test_cursor_resumes_where_it_left_off(
 ) -> None:
     """Contiguous chunks; after a restart from ``position`` the agent re-sends some of them."""
     bounds = sorted({0, len(stream), *(c for c in cuts if c <= len(stream))})
-    pieces = [(a, stream[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+    pieces = [(a, stream[a:b]) for a, b in itertools.pairwise(bounds)]
     first = StreamCursor(cap=cap)
     log = b"".join(first.accept(data, offset=o).data for o, data in pieces[:split])
     second = StreamCursor(cap=cap, position=first.position)
@@ -303,7 +335,7 @@ def _check_bounded(summary: OutputSummary) -> None:
 
 def _feed_in_pieces(summary: OutputSummary, data: bytes, cuts: list[int]) -> None:
     points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
-    for a, b in zip(points, points[1:], strict=False):
+    for a, b in itertools.pairwise(points):
         summary.feed(data[a:b])
         _check_bounded(summary)
 
@@ -354,12 +386,13 @@ _KEYS = ["command_content", "script_id", "working_directory", "target_vps_ids",
 @given(body=json_values | st.dictionaries(st.sampled_from(_KEYS), json_values))
 def test_any_json_body_is_a_request_or_a_validation_error(body: object) -> None:
     try:
-        request = validate_batch_request(body)
+        request: BatchRequest | ValidationError = validate_batch_request(body)
     except ValidationError as error:
-        assert error.errors
-        assert all(set(e) >= {"field", "reason"} for e in error.errors)
+        request = error
+    if isinstance(request, ValidationError):
+        assert request.errors
+        assert all(set(e) >= {"field", "reason"} for e in request.errors)
     else:
-        assert isinstance(request, BatchRequest)
         assert (request.command_content is None) != (request.script_id is None)
         assert request.target_vps_ids
         assert len(set(request.target_vps_ids)) == len(request.target_vps_ids)

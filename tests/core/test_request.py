@@ -30,7 +30,8 @@ def errors_of(body: object) -> list[dict[str, Any]]:
     assert (error.http_status, error.code) == (422, "validation_error")
     assert error.errors, "a ValidationError always lists at least one problem"
     for item in error.errors:
-        assert isinstance(item["field"], str) and isinstance(item["reason"], str)
+        assert isinstance(item["field"], str)
+        assert isinstance(item["reason"], str)
     assert str(error) == "; ".join(f"{e['field']}: {e['reason']}" for e in error.errors)
     return error.errors
 
@@ -292,7 +293,7 @@ def test_script_existence_is_ignored_for_commands() -> None:
     check_references(validate_batch_request(body()), known_vps_ids={1}, script_exists=False)
 
 
-# --- parse_id --------------------------------------------------------------------------------------
+# --- parse_id -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -327,7 +328,7 @@ def test_parse_id(value: object, expected: int | None) -> None:
     assert parse_id(value) == expected
 
 
-# --- the error classes -------------------------------------------------------------------------------
+# --- the error classes ----------------------------------------------------------------------------
 
 
 def test_not_found() -> None:
@@ -346,7 +347,7 @@ def test_fleet_error_defaults() -> None:
     assert (FleetError.http_status, FleetError.code) == (500, "internal_error")
 
 
-# --- validate_vps_body ------------------------------------------------------------------------------
+# --- validate_vps_body ----------------------------------------------------------------------------
 
 
 def vps_errors(body: object, **kwargs: Any) -> list[str]:
@@ -399,7 +400,7 @@ def test_vps_body_limits_are_inclusive() -> None:
     assert validate_vps_body({"name": "n" * 100, "tags": tags})["tags"] == tags
 
 
-# --- validate_script_body ---------------------------------------------------------------------------
+# --- validate_script_body -------------------------------------------------------------------------
 
 
 def script_errors(body: object) -> list[str]:
@@ -434,7 +435,10 @@ def test_script_body_is_normalised() -> None:
         ({"name": "n", "content": "a\x00b"}, ["content"]),
         ({"name": "n", "content": "x" * (MAX_COMMAND_BYTES + 1)}, ["content"]),
         ({"name": "n", "content": "x", "owner": "me"}, ["owner"]),
-        ({"owner": 1, "description": 5, "content": ""}, ["owner", "name", "description", "content"]),
+        (
+            {"owner": 1, "description": 5, "content": ""},
+            ["owner", "name", "description", "content"],
+        ),
     ],
 )
 def test_script_body_errors(body: object, fields: list[str]) -> None:

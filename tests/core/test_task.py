@@ -285,7 +285,8 @@ def test_result_without_the_extensions_goes_straight_from_sent() -> None:
     task = reach(S.SENT_TO_AGENT)
     task.handle(Finished(CID, S.SUCCESS, exit_code=0, error_message=""), now=NOW)
     assert (task.status, task.exit_code, task.error_message) == (S.SUCCESS, 0, None)
-    assert task.started_at is None and task.completed_at == NOW
+    assert task.started_at is None
+    assert task.completed_at == NOW
 
 
 def test_a_late_result_after_terminate_does_not_overwrite() -> None:
@@ -312,14 +313,16 @@ def test_agent_lost_keeps_the_first_loss_time_and_returned_clears_it() -> None:
 def test_ending_while_lost_clears_lost_since(name: str) -> None:
     task = reach(S.AGENT_ACCEPTED, lost=True)
     task.handle(EVENTS[name](), now=NOW)
-    assert task.is_terminal and task.lost_since is None
+    assert task.is_terminal
+    assert task.lost_since is None
 
 
 def test_terminate_unconfirmed_message_formats_the_wait() -> None:
     task = reach(S.TERMINATING)
     task.handle(TerminateUnconfirmed(CID, waited_s=2.5), now=NOW)
     assert task.status is S.FAILURE
-    assert task.error_message is not None and "within 2.5 s" in task.error_message
+    assert task.error_message is not None
+    assert "within 2.5 s" in task.error_message
 
 
 @pytest.mark.parametrize("status", [S.PENDING, *_LIVE])
@@ -367,7 +370,8 @@ def test_finished_accepts_the_status_as_a_plain_string() -> None:
     assert event.status is S.FAILURE
     task = reach(S.EXECUTING)
     task.handle(event, now=NOW)
-    assert task.status is S.FAILURE and task.is_terminal
+    assert task.status is S.FAILURE
+    assert task.is_terminal
 
 
 def test_events_are_frozen() -> None:

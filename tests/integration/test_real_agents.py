@@ -132,24 +132,28 @@ async def test_terminate_batch_kills_stubborn_process_and_grandchild(
             nursery.cancel_scope.cancel()
 
 
-async def test_terminate_one_child(server: Endpoints, client: httpx.AsyncClient) -> None:
+async def test_terminate_one_child(
+    server: Endpoints, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    flag = tmp_path / "go"
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             vps = await start_agents(nursery, server, client, ["keep", "stop"])
-            batch_id = await run_batch(
-                client,
-                'if [ "$FLEET_X" = "" ] && [ -e /nonexistent ]; then :; fi; echo started; read x < /dev/null; sleep 1; echo done',
-                vps,
-            )
+            command = f"echo started; while [ ! -e {flag} ]; do sleep 0.05; done; echo done"
+            batch_id = await run_batch(client, command, vps)
             batch = await wait_batch(
                 server, batch_id, lambda b: all(t["output_stream_summary"] for t in b["tasks"])
             )
             child = task_of(batch, "stop")["child_command_id"]
             response = await client.post(f"/api/batch_commands/{batch_id}/tasks/{child}/terminate")
             assert response.status_code == 202
+            await wait_batch(
+                server, batch_id, lambda b: task_of(b, "stop")["status"] == "TERMINATED"
+            )
+            flag.write_text("")
             batch = await wait_batch(server, batch_id)
-            assert task_of(batch, "stop")["status"] == "TERMINATED"
             assert task_of(batch, "keep")["status"] == "SUCCESS"
+            assert task_of(batch, "keep")["output_stream_summary"] == ["started", "done"]
             assert batch["overall_status"] == "COMPLETED_WITH_ERRORS"
             nursery.cancel_scope.cancel()
 
