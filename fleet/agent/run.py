@@ -67,7 +67,7 @@ async def run_agent(
             (waiting up to ``SHUTDOWN_REPORT_S`` for the acks), then return.
 
     Cancellation stops every command's process group (SIGTERM, SIGKILL after
-    ``config.terminate_grace_s``) in shielded cleanup bounded by the grace plus one second,
+    ``config.terminate_grace_s``) in shielded cleanup bounded by the grace plus three seconds,
     closes the link, and propagates. Results not yet reported are lost then.
     """
     async with trio.open_nursery() as nursery:

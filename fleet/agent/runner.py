@@ -56,6 +56,8 @@ FLUSH_INTERVAL_S = 0.03
 COULD_NOT_START = 127
 #: How often to look whether a signalled process group is gone.
 _GROUP_POLL_S = 0.05
+#: How long SIGKILLed members may take to disappear.
+_KILL_WAIT_S = 2.0
 
 
 class OutputSink(Protocol):
@@ -118,8 +120,8 @@ async def run_command(
 
     Owns the command's process group, pipes and script file. ``on_started(pid)`` is called
     once the process runs. Cancellation stops the process group (SIGTERM, SIGKILL after
-    ``grace_s``) in shielded cleanup bounded by ``grace_s`` plus one second, then propagates;
-    no result is returned then.
+    ``grace_s``) in shielded cleanup bounded by ``grace_s`` plus three seconds, then
+    propagates; no result is returned then.
     """
     if control.reason is not None:
         return _result(spec, pb.CommandStatus.TERMINATED, 0, f"{control.reason} before it started")
@@ -198,7 +200,7 @@ async def _supervise(
                 reader.give_up_at(give_up_at)
     finally:
         if process.returncode is None:
-            with trio.move_on_after(grace_s + 1, shield=True):
+            with trio.move_on_after(grace_s + _KILL_WAIT_S + 1, shield=True):
                 await _stop_group(process, grace_s)
         with trio.CancelScope(shield=True):
             await process.stdout.aclose()
@@ -224,6 +226,11 @@ async def _stop_group(process: trio.Process, grace_s: float) -> None:
             await trio.sleep(_GROUP_POLL_S)
     _signal_group(group, signal.SIGKILL)
     await process.wait()
+    # SIGKILL is delivered asynchronously: on a busy machine a grandchild may still be
+    # scheduled for a moment after killpg returned. Report only once it is gone.
+    with trio.move_on_after(_KILL_WAIT_S):
+        while _group_alive(group):  # noqa: ASYNC110
+            await trio.sleep(_GROUP_POLL_S / 2)
 
 
 def _signal_group(group: int, signum: signal.Signals) -> None:
@@ -234,13 +241,28 @@ def _signal_group(group: int, signum: signal.Signals) -> None:
 
 
 def _group_alive(group: int) -> bool:
+    """True while a process of ``group`` still runs (zombies do not count)."""
     try:
         os.killpg(group, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # a member changed its credentials (setuid); still there
+        pass
+    # killpg also finds zombies: orphans that an init which reaps slowly (or never, in some
+    # containers) has not collected. Those are gone for our purposes.
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
         return True
-    return True
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as file:
+                fields = file.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != b"Z":  # fields: state, ppid, pgrp, ...
+            return True
+    return False
 
 
 class _PipeReader:

@@ -72,12 +72,27 @@ class BatchTimers:
             raise ValueError("durations must not be negative")
 
 
+#: Statuses only a child whose command reached its agent can have (even when a restored child
+#: has no ``sent_at``).
+_REACHED = frozenset(
+    {
+        ChildStatus.SENT_TO_AGENT,
+        ChildStatus.AGENT_ACCEPTED,
+        ChildStatus.EXECUTING,
+        ChildStatus.TERMINATING,
+        ChildStatus.SUCCESS,
+        ChildStatus.FAILURE,
+        ChildStatus.AGENT_REJECTED,
+    }
+)
+
+
 def final_status(children: Iterable[ChildTask], *, user_terminated: bool) -> BatchStatus:
     """The final status of a batch whose children are all terminal (SPEC §3)."""
     tasks = list(children)
     if user_terminated:
         return B.TERMINATED
-    if all(t.sent_at is None for t in tasks):
+    if not any(t.sent_at is not None or t.status in _REACHED for t in tasks):
         return B.FAILED_TO_START
     if all(t.status is ChildStatus.SUCCESS for t in tasks):
         return B.COMPLETED_SUCCESSFULLY

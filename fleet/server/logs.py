@@ -48,7 +48,6 @@ class LogSink:
         )
         self._file: BinaryIO | None = None
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self.dirty = False
 
     @property
     def size(self) -> int:
@@ -70,7 +69,6 @@ class LogSink:
             start += accepted.gap
         if not accepted.data and not accepted.truncated:
             return None
-        self.dirty = True
         if accepted.data:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)

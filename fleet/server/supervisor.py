@@ -52,6 +52,9 @@ _RESULT_STATUS = {
     pb.CommandStatus.FAILURE: core.ChildStatus.FAILURE,
     pb.CommandStatus.TERMINATED: core.ChildStatus.TERMINATED,
 }
+#: How often output summaries, sizes and last_output_at reach the store.
+OUTPUT_FLUSH_S = 0.5
+
 _STREAM = {pb.OutputType.STDOUT: "stdout", pb.OutputType.STDERR: "stderr"}
 _REPORTS = (
     pb.BatchCommandOutputStream,
@@ -128,6 +131,7 @@ class BatchRun:
                     summary=list(summary) if resumed else None,
                 )
         self._scopes: dict[str, trio.CancelScope] = {}
+        self._dirty: set[str] = set()  # children whose output summary is not yet recorded
         self._done = {c.id: trio.Event() for c in record.children}
         self._final = trio.Event()
         self._changed = trio.Event()
@@ -276,7 +280,7 @@ class BatchRun:
 
     def _output_fields(self, child_id: str) -> dict[str, Any]:
         out, err = self._sinks[(child_id, "stdout")], self._sinks[(child_id, "stderr")]
-        out.dirty = err.dirty = False
+        self._dirty.discard(child_id)
         return {
             "stdout_summary": out.summary.lines(),
             "stderr_summary": err.summary.lines(),
@@ -288,12 +292,10 @@ class BatchRun:
 
     def flush_output(self) -> None:
         """Record summaries of children whose output changed since the last flush."""
-        for child_id in self.batch.children:
-            out, err = self._sinks[(child_id, "stdout")], self._sinks[(child_id, "stderr")]
-            if out.dirty or err.dirty:
-                self._sup.writeback.child(
-                    ChildUpdate(child_id=child_id, **self._output_fields(child_id))
-                )
+        for child_id in list(self._dirty):
+            self._sup.writeback.child(
+                ChildUpdate(child_id=child_id, **self._output_fields(child_id))
+            )
 
     # --- agent traffic (synchronous, from the router) ----------------------------------------
 
@@ -317,6 +319,8 @@ class BatchRun:
         if task.is_terminal:
             return  # a re-sent chunk after the end: the log is complete
         written = self._sinks[(out.command_id, stream)].write(out.chunk, out.offset)
+        if written is not None:
+            self._dirty.add(out.command_id)
         self._handle(core.OutputSeen(out.command_id))
         if written is not None and self._sup.feed.has_subscribers(self.id):
             offset, text = written
@@ -507,15 +511,11 @@ class Supervisor:
         self.writeback.after_flush(forget)
 
     async def _flush_output(self) -> None:
-        interval = max(self.writeback_interval, 0.05)
+        """Record output summaries and sizes every ``OUTPUT_FLUSH_S`` (never per chunk)."""
         while True:
-            await trio.sleep(interval)
+            await trio.sleep(OUTPUT_FLUSH_S)
             for run in list(self._runs.values()):
                 run.flush_output()
-
-    @property
-    def writeback_interval(self) -> float:
-        return 0.25
 
     # --- AgentHooks --------------------------------------------------------------------------
 

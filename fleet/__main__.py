@@ -1,0 +1,9 @@
+"""``python -m fleet``: the ``fleet`` CLI."""
+
+from __future__ import annotations
+
+import sys
+
+from fleet.cli import main
+
+sys.exit(main())
