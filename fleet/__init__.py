@@ -6,11 +6,13 @@ Layers (a module may only depend on modules in a strictly lower layer):
    state machines, output bookkeeping, request validation).
 2. ``fleet.agent`` (the daemon on every VPS; never imports ``fleet.server``) and ``fleet.cli``
    (the REST client; never imports ``fleet.server``).
-3. ``fleet.server.config``, ``.agents``, ``.store``, ``.dbthread``, ``.feed``, ``.logs``,
-   ``.openapi``
+3. ``fleet.server.config``, ``fleet.server.agents``, ``fleet.server.store``,
+   ``fleet.server.dbthread``, ``fleet.server.feed``, ``fleet.server.logs``,
+   ``fleet.server.openapi``
 4. ``fleet.server.views``, ``fleet.server.writeback``
 5. ``fleet.server.supervisor``
-6. ``fleet.server.rpc``, ``fleet.server.api``, ``.api_inventory``, ``.api_batches``
+6. ``fleet.server.rpc``, ``fleet.server.api``, ``fleet.server.api_inventory``,
+   ``fleet.server.api_batches``
 7. ``fleet.server.demo``, ``fleet.server.serve``
 8. ``fleet.server.cli``
 

@@ -160,16 +160,20 @@ class Batch:
             if t.status is ChildStatus.PENDING
         ]
 
-    def resume(self, *, now: float) -> list[Effect]:
+    def resume(self, *, now: float, user_terminated: bool = False) -> list[Effect]:
         """Carry on after the owner restarted, with children restored to their stored status.
 
         A child that was never sent is unreachable; a live one is treated as having lost its
-        agent just now, so the agent gets the reconnect grace to come back and report.
+        agent at ``now`` (unless already lost), so the agent gets the reconnect grace to come
+        back and report. ``user_terminated`` restores a batch that was being terminated.
         Call instead of ``start``.
         """
         if self._started:
             raise InvalidTransition(self.status, "resume")
         self._started = True
+        if user_terminated:
+            self.user_terminated = True
+            self.status = B.TERMINATING
         effects: list[Effect] = []
         for task in self.children.values():
             if task.is_terminal:

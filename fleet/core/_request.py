@@ -241,7 +241,7 @@ def validate_vps_body(body: object, *, partial: bool = False) -> dict[str, Any]:
     if not isinstance(body, Mapping):
         raise ValidationError([{"field": "body", "reason": "must be a JSON object"}])
     errors: list[dict[str, Any]] = []
-    for name in sorted(set(body) - {"name", "tags"}):
+    for name in sorted(set(body) - {"name", "tags"}, key=str):
         errors.append({"field": str(name), "reason": "unknown field"})
     out: dict[str, Any] = {}
     if "name" in body or not partial:
@@ -286,23 +286,29 @@ def validate_script_body(body: object) -> dict[str, str]:
     if not isinstance(body, Mapping):
         raise ValidationError([{"field": "body", "reason": "must be a JSON object"}])
     errors: list[dict[str, Any]] = []
-    for name in sorted(set(body) - {"name", "description", "content", "id"}):
+    for name in sorted(set(body) - {"name", "description", "content", "id"}, key=str):
         errors.append({"field": str(name), "reason": "unknown field"})
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
         errors.append({"field": "name", "reason": "is required: a non-empty string"})
-    elif len(name) > MAX_NAME:
-        errors.append({"field": "name", "reason": f"at most {MAX_NAME} characters"})
-    description = body.get("description") or ""
+    elif len(name) > MAX_NAME or not name.isprintable():
+        errors.append({"field": "name", "reason": f"at most {MAX_NAME} printable characters"})
+    description = body.get("description")
+    if description is None:
+        description = ""
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
         errors.append(
             {"field": "description", "reason": f"a string of at most {MAX_DESCRIPTION} characters"}
         )
+    elif not _is_unicode(description):
+        errors.append({"field": "description", "reason": _NOT_UNICODE})
     content = body.get("content")
     if not isinstance(content, str) or not content.strip():
         errors.append({"field": "content", "reason": "is required: the script's text"})
     elif "\x00" in content:
         errors.append({"field": "content", "reason": "must not contain NUL characters"})
+    elif not _is_unicode(content):
+        errors.append({"field": "content", "reason": _NOT_UNICODE})
     elif len(content.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
         errors.append({"field": "content", "reason": f"must be at most {MAX_COMMAND_BYTES} bytes"})
     if errors:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import trio_asyncio
 
 import fleet
 
@@ -110,9 +109,10 @@ def _setup_logging(level: str) -> None:
 
 
 async def _main(config: ServerConfig) -> None:
+    from .rpc import open_loop
     from .serve import serve
 
-    async with trio_asyncio.open_loop():
+    async with open_loop():
         async with trio.open_nursery() as nursery:
             endpoints = await nursery.start(serve, config)
             what = f" with {config.demo} demo agents" if config.demo else ""

@@ -45,12 +45,18 @@ from fleet.proto import agent_service as pb
 from .agents import AgentInfo, AgentRegistry, Credentials, SessionClosed
 from .config import ServerConfig
 
-__all__ = ["METHOD_PATH", "AgentHooks", "RpcServer", "serve"]
+__all__ = ["METHOD_PATH", "AgentHooks", "RpcServer", "open_loop", "serve"]
 
 logger = logging.getLogger(__name__)
 
 METHOD_PATH = "/agent_service.AgentCommunicationService/EstablishCommunicationStream"
 _WRITE_BATCH = 256
+
+
+def open_loop() -> Any:
+    """The asyncio loop that hosts grpclib inside trio: ``async with rpc.open_loop():`` once,
+    at the top of the trio run, around ``serve`` (and any in-process agents)."""
+    return trio_asyncio.open_loop()
 
 
 class AgentHooks(Protocol):

@@ -22,6 +22,7 @@ trio thread, synchronously except the tasks, so a batch has a single writer and 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -154,7 +155,8 @@ class BatchRun:
 
     def _resume(self, nursery: trio.Nursery) -> None:
         """After a server restart: every live child waits for its agent to come back."""
-        self._apply(self.batch.resume(now=time.time()))
+        terminating = self.record.status is core.BatchStatus.TERMINATING
+        self._apply(self.batch.resume(now=time.time(), user_terminated=terminating))
         for task in self.batch.children.values():
             if task.is_terminal:
                 self._done[task.child_id].set()
@@ -356,6 +358,11 @@ class BatchRun:
             self._handle(core.AgentReturned(task.child_id))
             if task.status is core.ChildStatus.TERMINATING:
                 self._send_terminate(task)
+            elif task.status is core.ChildStatus.SENT_TO_AGENT:
+                # The request may have been lost with the old stream; the agent ignores a
+                # request for a command id it already has (it acknowledges it again).
+                with contextlib.suppress(SessionClosed):
+                    session.send(self._command_message(task.child_id))
 
     def terminate(self, child_id: str | None = None) -> None:
         if child_id is None:

@@ -137,9 +137,7 @@ class BatchCommandAck(betterproto2.Message):
     timestamp: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
 
 
-default_message_pool.register_message(
-    "agent_service", "BatchCommandAck", BatchCommandAck
-)
+default_message_pool.register_message("agent_service", "BatchCommandAck", BatchCommandAck)
 
 
 @dataclass(eq=False, repr=False)
@@ -154,9 +152,7 @@ class BatchCommandOutputStream(betterproto2.Message):
 
     timestamp: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
 
-    offset: "int | None" = betterproto2.field(
-        5, betterproto2.TYPE_UINT64, optional=True
-    )
+    offset: "int | None" = betterproto2.field(5, betterproto2.TYPE_UINT64, optional=True)
     """
     Extension: byte offset of this chunk in its stream (presence on the wire).
     """
@@ -180,9 +176,7 @@ class BatchCommandResult(betterproto2.Message):
     error_message: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "agent_service", "BatchCommandResult", BatchCommandResult
-)
+default_message_pool.register_message("agent_service", "BatchCommandResult", BatchCommandResult)
 
 
 @dataclass(eq=False, repr=False)
@@ -198,9 +192,7 @@ class BatchCommandStarted(betterproto2.Message):
     timestamp: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
 
 
-default_message_pool.register_message(
-    "agent_service", "BatchCommandStarted", BatchCommandStarted
-)
+default_message_pool.register_message("agent_service", "BatchCommandStarted", BatchCommandStarted)
 
 
 @dataclass(eq=False, repr=False)
@@ -244,8 +236,8 @@ class MessageToAgent(betterproto2.Message):
         8, betterproto2.TYPE_MESSAGE, optional=True, group="payload"
     )
 
-    batch_terminate_command_request: "BatchTerminateCommandRequest | None" = (
-        betterproto2.field(9, betterproto2.TYPE_MESSAGE, optional=True, group="payload")
+    batch_terminate_command_request: "BatchTerminateCommandRequest | None" = betterproto2.field(
+        9, betterproto2.TYPE_MESSAGE, optional=True, group="payload"
     )
 
     batch_result_ack: "BatchResultAck | None" = betterproto2.field(
@@ -292,9 +284,7 @@ class MessageToServer(betterproto2.Message):
     )
 
 
-default_message_pool.register_message(
-    "agent_service", "MessageToServer", MessageToServer
-)
+default_message_pool.register_message("agent_service", "MessageToServer", MessageToServer)
 
 
 @dataclass(eq=False, repr=False)
@@ -306,6 +296,4 @@ class ServerHandshakeAck(betterproto2.Message):
     server_time_unix_ms: "int" = betterproto2.field(6, betterproto2.TYPE_INT64)
 
 
-default_message_pool.register_message(
-    "agent_service", "ServerHandshakeAck", ServerHandshakeAck
-)
+default_message_pool.register_message("agent_service", "ServerHandshakeAck", ServerHandshakeAck)
