@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import trio
-import trio_asyncio
 
 import fleet
 
 from .config import AgentConfig, ConfigError, Secret
+from .link import open_loop
 from .run import SHUTDOWN_REPORT_S, run_agent
 
 __all__ = ["build_config", "main"]
@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _serve(config: AgentConfig) -> None:
-    async with trio_asyncio.open_loop():
+    async with open_loop():
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, config, stop, nursery.cancel_scope)

@@ -31,6 +31,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import betterproto2
 import h2.exceptions
@@ -45,7 +46,15 @@ from fleet.proto import agent_service as pb
 
 from .config import AgentConfig
 
-__all__ = ["METHOD_PATH", "HandshakeRefused", "Link", "LinkError", "open_link"]
+__all__ = [
+    "METHOD_PATH",
+    "HandshakeRefused",
+    "Link",
+    "LinkError",
+    "check_asyncio_loop",
+    "open_link",
+    "open_loop",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -250,6 +259,25 @@ class Link:
         finally:
             self._stream = None
             channel.close()
+
+
+def open_loop() -> Any:
+    """The asyncio loop that hosts grpclib inside trio: ``async with link.open_loop():`` once,
+    at the top of the trio run, around any number of ``run_agent`` calls."""
+    return trio_asyncio.open_loop()
+
+
+def check_asyncio_loop() -> None:
+    """Raise a clear error unless called inside ``trio_asyncio.open_loop()``.
+
+    Raises:
+        RuntimeError: there is no trio-asyncio loop to host grpclib.
+    """
+    if trio_asyncio.current_loop.get() is None:
+        raise RuntimeError(
+            "the agent's link needs a trio-asyncio loop: "
+            "run it inside `async with trio_asyncio.open_loop():`"
+        )
 
 
 @asynccontextmanager

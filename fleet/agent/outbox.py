@@ -33,7 +33,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -51,16 +51,15 @@ def unix_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@dataclass(slots=True, eq=False)
 class _Chunk:
-    __slots__ = ("data", "offset", "seq", "timestamp")
-
-    def __init__(self, seq: int, data: bytes, timestamp: int, offset: int | None) -> None:
-        self.seq = seq
-        self.data = data
-        self.timestamp = timestamp
-        self.offset = offset
+    seq: int  # production order across both streams of a command
+    data: bytes
+    timestamp: int
+    offset: int | None  # assigned when first sent
 
 
+@dataclass(slots=True, eq=False)
 class _StreamBuffer:
     """One output stream of one command.
 
@@ -69,16 +68,13 @@ class _StreamBuffer:
     bytes were dropped just before ``chunks[sent_count]`` and still need their marker.
     """
 
-    __slots__ = ("chunks", "cursor", "dropped", "dropped_seq", "kind", "next_offset", "sent_count")
-
-    def __init__(self, kind: pb.OutputType) -> None:
-        self.kind = kind
-        self.chunks: deque[_Chunk] = deque()
-        self.cursor = 0
-        self.sent_count = 0
-        self.next_offset = 0
-        self.dropped = 0
-        self.dropped_seq = 0
+    kind: pb.OutputType
+    chunks: deque[_Chunk] = field(default_factory=deque)
+    cursor: int = 0
+    sent_count: int = 0
+    next_offset: int = 0
+    dropped: int = 0
+    dropped_seq: int = 0
 
     def peek(self) -> int | None:
         """Sequence number of what this stream would send next, or None."""
@@ -91,31 +87,21 @@ class _StreamBuffer:
         return None
 
 
+@dataclass(slots=True, eq=False)
 class _Record:
-    __slots__ = (
-        "command_id",
-        "dropped",
-        "new_bytes",
-        "result",
-        "result_sent",
-        "sent_bytes",
-        "streams",
-        "synthetic",
-    )
+    command_id: str
+    synthetic: bool = False  # an orphan result, not a command this agent ran
+    streams: tuple[_StreamBuffer, ...] = ()
+    new_bytes: int = 0  # not sent yet
+    sent_bytes: int = 0  # sent, kept for re-sending
+    dropped: int = 0
+    result: pb.BatchCommandResult | None = None
+    result_sent: bool = False
 
-    def __init__(self, command_id: str, *, synthetic: bool = False) -> None:
-        self.command_id = command_id
-        self.synthetic = synthetic
-        self.streams: tuple[_StreamBuffer, ...] = (
-            ()
-            if synthetic
-            else (_StreamBuffer(pb.OutputType.STDOUT), _StreamBuffer(pb.OutputType.STDERR))
-        )
-        self.new_bytes = 0
-        self.sent_bytes = 0
-        self.dropped = 0
-        self.result: pb.BatchCommandResult | None = None
-        self.result_sent = False
+    @classmethod
+    def for_command(cls, command_id: str) -> _Record:
+        kinds = (pb.OutputType.STDOUT, pb.OutputType.STDERR)
+        return cls(command_id, streams=tuple(_StreamBuffer(kind) for kind in kinds))
 
     def output_pending(self) -> bool:
         return any(stream.peek() is not None for stream in self.streams)
@@ -192,7 +178,7 @@ class Outbox:
         """Start keeping output and (later) the result of an accepted command."""
         if command_id in self._records and not self._records[command_id].synthetic:
             raise AssertionError(f"command {command_id} is in the outbox")  # pragma: no cover
-        self._records[command_id] = _Record(command_id)
+        self._records[command_id] = _Record.for_command(command_id)
 
     def holds(self, command_id: str) -> bool:
         """True if the command was accepted and its result is not yet acknowledged."""
@@ -230,7 +216,7 @@ class Outbox:
         """Record a command's final result; it goes out after the command's output."""
         record = self._records.get(result.command_id)
         if record is None:
-            record = self._records[result.command_id] = _Record(result.command_id)
+            record = self._records[result.command_id] = _Record.for_command(result.command_id)
         record.result = result
         record.result_sent = False
         self._enforce_result_cap()
@@ -313,15 +299,10 @@ class Outbox:
 
     def _take_from(self, record: _Record, out: list[pb.MessageToServer], limit: int) -> None:
         while len(out) < limit:
-            best: _StreamBuffer | None = None
-            best_seq = 0
-            for stream in record.streams:
-                seq = stream.peek()
-                if seq is not None and (best is None or seq < best_seq):
-                    best, best_seq = stream, seq
-            if best is None:
+            ready = [(q, i) for i, s in enumerate(record.streams) if (q := s.peek()) is not None]
+            if not ready:
                 break
-            out.append(self._emit(record, best))
+            out.append(self._emit(record, record.streams[min(ready)[1]]))
         if len(out) >= limit or record.output_pending():
             return
         if record.result is not None and not record.result_sent:
@@ -365,13 +346,10 @@ class Outbox:
     def _evict_sent(self, record: _Record) -> None:
         """Forget the oldest sent chunks (already sent on this link) beyond the bound."""
         while record.sent_bytes > self._buffer_bytes:
-            victim: _StreamBuffer | None = None
-            for stream in record.streams:
-                if stream.cursor > 0 and stream.sent_count > 0:
-                    if victim is None or stream.chunks[0].seq < victim.chunks[0].seq:
-                        victim = stream
-            if victim is None:
+            candidates = [s for s in record.streams if s.cursor > 0 and s.sent_count > 0]
+            if not candidates:
                 return
+            victim = min(candidates, key=lambda s: s.chunks[0].seq)
             chunk = victim.chunks.popleft()
             victim.sent_count -= 1
             victim.cursor -= 1
@@ -380,15 +358,10 @@ class Outbox:
     def _drop_oldest_new(self, record: _Record) -> None:
         """Drop the oldest unsent chunks until the unsent output fits the bound."""
         while record.new_bytes > self._buffer_bytes:
-            victim: _StreamBuffer | None = None
-            for stream in record.streams:
-                if len(stream.chunks) > stream.sent_count and (
-                    victim is None
-                    or stream.chunks[stream.sent_count].seq < victim.chunks[victim.sent_count].seq
-                ):
-                    victim = stream
-            if victim is None:  # pragma: no cover - new_bytes > 0 implies a new chunk
-                raise AssertionError("unsent bytes without unsent chunks")
+            victim = min(
+                (s for s in record.streams if len(s.chunks) > s.sent_count),
+                key=lambda s: s.chunks[s.sent_count].seq,
+            )
             chunk = victim.chunks[victim.sent_count]
             del victim.chunks[victim.sent_count]
             victim.dropped += len(chunk.data)

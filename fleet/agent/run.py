@@ -30,7 +30,7 @@ from fleet.proto import agent_service as pb
 
 from .config import AgentConfig
 from .host import describe_host
-from .link import HandshakeRefused, Link, LinkError, open_link
+from .link import HandshakeRefused, Link, LinkError, check_asyncio_loop, open_link
 from .outbox import Outbox, unix_ms
 from .runner import CommandControl, CommandSpec, run_command
 
@@ -52,8 +52,8 @@ async def run_agent(
 ) -> None:
     """Run one agent: keep a link to the server and run the commands it sends.
 
-    Must run inside ``trio_asyncio.open_loop()``. Installs no signal handlers and keeps no
-    global state: any number may run concurrently in one process.
+    Must run inside ``trio_asyncio.open_loop()`` (else RuntimeError). Installs no signal
+    handlers and keeps no global state: any number may run concurrently in one process.
 
     Supports ``await nursery.start(run_agent, config)``: ``started(connected)`` is called after
     the *first connection attempt*, with True once the server accepted the handshake, or False
@@ -70,6 +70,7 @@ async def run_agent(
     ``config.terminate_grace_s``) in shielded cleanup bounded by the grace plus three seconds,
     closes the link, and propagates. Results not yet reported are lost then.
     """
+    check_asyncio_loop()
     async with trio.open_nursery() as nursery:
         agent = _Agent(config, nursery)
         connected: bool = await nursery.start(agent.connect_forever)

@@ -173,6 +173,7 @@ async def _supervise(
     )
     stopped_because: str | None = None
     stop_status = pb.CommandStatus.FAILURE
+    stopping = False  # a stop began and has not finished: cleanup must finish it
     try:
         # The readers live outside the scope that a terminate cancels, so output written
         # after SIGTERM is still read.
@@ -194,14 +195,18 @@ async def _supervise(
                     stopped_because, stop_status = control.reason, pb.CommandStatus.TERMINATED
                 else:
                     stopped_because = f"timed out after {spec.timeout_s} s"
+                stopping = True
                 await _stop_group(process, grace_s)
+                stopping = False
             give_up_at = trio.current_time() + drain_s
             for reader in readers:
                 reader.give_up_at(give_up_at)
     finally:
-        if process.returncode is None:
-            with trio.move_on_after(grace_s + _KILL_WAIT_S + 1, shield=True):
-                await _stop_group(process, grace_s)
+        if process.returncode is None or stopping:
+            # Cancelled mid-stop: the grace was already given, so go straight to SIGKILL.
+            grace = 0.0 if stopping else grace_s
+            with trio.move_on_after(grace + _KILL_WAIT_S + 1, shield=True):
+                await _stop_group(process, grace)
         with trio.CancelScope(shield=True):
             await process.stdout.aclose()
             await process.stderr.aclose()

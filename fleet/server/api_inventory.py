@@ -21,7 +21,7 @@ __all__ = ["agent_seen", "register"]
 def _agent_command(services: Services, vps_id: int) -> str:
     return (
         f"fleet-agent --server {services.grpc_address} --vps-id {vps_id} "
-        f"--secret-file /etc/fleet/agent.secret{' --tls' if services.config.tls else ''}"
+        f"--secret-file /etc/fleet-agent/secret{' --tls' if services.config.tls else ''}"
     )
 
 

@@ -28,6 +28,16 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+async def wait_reaped(pid: int) -> None:
+    """Wait until ``pid`` no longer exists at all (exited and reaped by its parent).
+
+    A process that is not our child gives no notification when it goes, so this looks every
+    few milliseconds; callers bound it with ``trio.fail_after``.
+    """
+    while await trio.Path(f"/proc/{pid}").exists():  # noqa: ASYNC110 - nothing to wait on
+        await trio.sleep(0.005)
+
+
 def python_script(code: str) -> str:
     """Command content run by this test's Python through its ``#!`` line."""
     return f"#!{sys.executable}\n{code}"

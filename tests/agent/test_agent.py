@@ -410,3 +410,49 @@ async def test_tls_with_the_wrong_ca_does_not_connect(
         assert server.received == []
     finally:
         await server.stop()
+
+
+async def test_output_overflow_while_disconnected_is_marked(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    config = AgentConfig.for_test(server.address, output_buffer_bytes=64 * 1024)
+    gate, done = tmp_path / "gate", tmp_path / "done"
+    os.mkfifo(gate)
+    os.mkfifo(done)
+    code = f"""
+import random, sys
+print("before", flush=True)
+open({str(gate)!r}).read()
+data = random.Random(9).randbytes(300_000)
+for i in range(0, len(data), 10_000):
+    sys.stdout.buffer.write(data[i:i + 10_000]); sys.stdout.flush()
+open({str(done)!r}, "w").write("x")
+"""
+    with trio.fail_after(20):
+        async with running_agent(config):
+            await server.run_command("o", python_script(code))
+            await server.wait_for(lambda: server.output("o", STDOUT) == b"before\n")
+            await server.stop()
+            await trio.to_thread.run_sync(gate.write_text, "go", abandon_on_cancel=True)
+            await trio.to_thread.run_sync(done.read_text, abandon_on_cancel=True)
+            await server.start()
+            result = await server.wait_result("o")
+    assert result.status == CommandStatus.SUCCESS
+    data = binary_payload(9, 300_000)
+    output = server.output("o", STDOUT)
+    assert output.startswith(b"before\n")
+    head, marker_and_tail = output[len(b"before\n") :].split(b"\n[fleet: ", 1)
+    count, tail = marker_and_tail.split(b" bytes dropped while disconnected]\n", 1)
+    dropped = int(count)
+    # What was kept is the stream minus one contiguous dropped run, marked where it was.
+    assert data.startswith(head)
+    assert data.endswith(tail)
+    assert len(head) + dropped + len(tail) == len(data)
+    assert len(tail) <= 64 * 1024
+    assert dropped >= 300_000 - 2 * 64 * 1024
+
+
+async def test_run_agent_needs_a_trio_asyncio_loop() -> None:
+    config = AgentConfig.for_test("127.0.0.1:1")
+    with trio.fail_after(5), pytest.raises(RuntimeError, match=r"trio_asyncio\.open_loop"):
+        await run_agent(config)

@@ -39,85 +39,91 @@ def control(command_id: str) -> pb.MessageToServer:
 
 
 async def test_order_controls_then_output_then_result() -> None:
-    outbox = make_outbox()
-    outbox.connect()
-    outbox.open("a")
-    outbox.add_control(control("a"))
-    await outbox.write("a", STDOUT, b"one", 1)
-    await outbox.write("a", STDERR, b"two", 2)
-    await outbox.write("a", STDOUT, b"three", 3)
-    outbox.finish(result("a"))
-    messages = outbox.take(100)
-    assert kinds(messages) == ["batch_command_ack"] + ["batch_command_output_stream"] * 3 + [
-        "batch_command_result"
-    ]
-    sent = chunks(messages)
-    assert [(c.stream_type, c.chunk, c.offset, c.timestamp) for c in sent] == [
-        (STDOUT, b"one", 0, 1),
-        (STDERR, b"two", 0, 2),
-        (STDOUT, b"three", 3, 3),
-    ]
-    assert outbox.take(100) == []
+    with trio.fail_after(5):
+        outbox = make_outbox()
+        outbox.connect()
+        outbox.open("a")
+        outbox.add_control(control("a"))
+        await outbox.write("a", STDOUT, b"one", 1)
+        await outbox.write("a", STDERR, b"two", 2)
+        await outbox.write("a", STDOUT, b"three", 3)
+        outbox.finish(result("a"))
+        messages = outbox.take(100)
+        assert kinds(messages) == ["batch_command_ack"] + ["batch_command_output_stream"] * 3 + [
+            "batch_command_result"
+        ]
+        sent = chunks(messages)
+        assert [(c.stream_type, c.chunk, c.offset, c.timestamp) for c in sent] == [
+            (STDOUT, b"one", 0, 1),
+            (STDERR, b"two", 0, 2),
+            (STDOUT, b"three", 3, 3),
+        ]
+        assert outbox.take(100) == []
 
 
 async def test_result_waits_for_output_beyond_the_take_limit() -> None:
-    outbox = make_outbox()
-    outbox.connect()
-    outbox.open("a")
-    for index in range(5):
-        await outbox.write("a", STDOUT, b"x%d" % index, index)
-    outbox.finish(result("a"))
-    first = outbox.take(3)
-    assert kinds(first) == ["batch_command_output_stream"] * 3
-    assert kinds(outbox.take(100)) == ["batch_command_output_stream"] * 2 + ["batch_command_result"]
+    with trio.fail_after(5):
+        outbox = make_outbox()
+        outbox.connect()
+        outbox.open("a")
+        for index in range(5):
+            await outbox.write("a", STDOUT, b"x%d" % index, index)
+        outbox.finish(result("a"))
+        first = outbox.take(3)
+        assert kinds(first) == ["batch_command_output_stream"] * 3
+        assert kinds(outbox.take(100)) == ["batch_command_output_stream"] * 2 + [
+            "batch_command_result"
+        ]
 
 
 async def test_reconnect_resends_with_the_same_offsets_until_acknowledged() -> None:
-    outbox = make_outbox()
-    outbox.connect()
-    outbox.open("a")
-    await outbox.write("a", STDOUT, b"hello ", 1)
-    first = outbox.take(100)
-    outbox.disconnect()
-    await outbox.write("a", STDOUT, b"world", 2)  # produced while disconnected
-    outbox.finish(result("a"))
-    outbox.connect()
-    second = outbox.take(100)
-    assert kinds(second) == ["batch_command_output_stream"] * 2 + ["batch_command_result"]
-    cursor = StreamCursor(cap=1 << 20)
-    log = b"".join(cursor.accept(c.chunk, c.offset).data for c in chunks(first + second))
-    assert log == b"hello world"  # the re-sent "hello " was dropped as a duplicate
-    outbox.connect()  # yet another reconnect: the unacknowledged result goes again
-    assert kinds(outbox.take(100))[-1] == "batch_command_result"
-    assert outbox.acknowledge("a")
-    outbox.connect()
-    assert outbox.take(100) == []
-    assert not outbox.acknowledge("a")
+    with trio.fail_after(5):
+        outbox = make_outbox()
+        outbox.connect()
+        outbox.open("a")
+        await outbox.write("a", STDOUT, b"hello ", 1)
+        first = outbox.take(100)
+        outbox.disconnect()
+        await outbox.write("a", STDOUT, b"world", 2)  # produced while disconnected
+        outbox.finish(result("a"))
+        outbox.connect()
+        second = outbox.take(100)
+        assert kinds(second) == ["batch_command_output_stream"] * 2 + ["batch_command_result"]
+        cursor = StreamCursor(cap=1 << 20)
+        log = b"".join(cursor.accept(c.chunk, c.offset).data for c in chunks(first + second))
+        assert log == b"hello world"  # the re-sent "hello " was dropped as a duplicate
+        outbox.connect()  # yet another reconnect: the unacknowledged result goes again
+        assert kinds(outbox.take(100))[-1] == "batch_command_result"
+        assert outbox.acknowledge("a")
+        outbox.connect()
+        assert outbox.take(100) == []
+        assert not outbox.acknowledge("a")
 
 
 async def test_overflow_while_disconnected_drops_oldest_with_a_marker() -> None:
-    outbox = make_outbox(buffer_bytes=64 * KIB)
-    outbox.open("a")
-    piece = 16 * KIB
-    payload = bytes(range(256)) * (piece * 10 // 256)
-    for index in range(10):  # 160 KiB produced while disconnected, 64 KiB kept
-        await outbox.write("a", STDOUT, payload[index * piece : (index + 1) * piece], index)
-    stats = outbox.statistics()
-    assert stats.unsent_bytes == 64 * KIB
-    assert stats.dropped_bytes == 96 * KIB
-    outbox.finish(result("a"))
-    outbox.connect()
-    sent = chunks(outbox.take(100))
-    marker = DROP_MARKER.format(96 * KIB).encode()
-    assert sent[0].chunk == marker
-    cursor = StreamCursor(cap=1 << 20)
-    log = b""
-    for chunk in sent:
-        accepted = cursor.accept(chunk.chunk, chunk.offset)
-        assert accepted.gap == 0
-        log += accepted.data
-    assert log == marker + payload[6 * piece :]
-    assert b"[fleet: 98304 bytes dropped while disconnected]" in log
+    with trio.fail_after(5):
+        outbox = make_outbox(buffer_bytes=64 * KIB)
+        outbox.open("a")
+        piece = 16 * KIB
+        payload = bytes(range(256)) * (piece * 10 // 256)
+        for index in range(10):  # 160 KiB produced while disconnected, 64 KiB kept
+            await outbox.write("a", STDOUT, payload[index * piece : (index + 1) * piece], index)
+        stats = outbox.statistics()
+        assert stats.unsent_bytes == 64 * KIB
+        assert stats.dropped_bytes == 96 * KIB
+        outbox.finish(result("a"))
+        outbox.connect()
+        sent = chunks(outbox.take(100))
+        marker = DROP_MARKER.format(96 * KIB).encode()
+        assert sent[0].chunk == marker
+        cursor = StreamCursor(cap=1 << 20)
+        log = b""
+        for chunk in sent:
+            accepted = cursor.accept(chunk.chunk, chunk.offset)
+            assert accepted.gap == 0
+            log += accepted.data
+        assert log == marker + payload[6 * piece :]
+        assert b"[fleet: 98304 bytes dropped while disconnected]" in log
 
 
 async def test_writer_waits_for_room_while_connected() -> None:
@@ -156,19 +162,20 @@ async def test_disconnect_releases_a_waiting_writer_which_then_drops() -> None:
 
 
 async def test_sent_output_kept_for_resending_is_bounded() -> None:
-    outbox = make_outbox(buffer_bytes=64 * KIB)
-    outbox.connect()
-    outbox.open("a")
-    for index in range(8):
-        await outbox.write("a", STDOUT, b"z" * (16 * KIB), index)
-        outbox.take(100)
-    assert outbox.statistics().retained_bytes == 64 * KIB
-    outbox.connect()
-    resent = chunks(outbox.take(100))
-    assert [c.offset for c in resent] == [i * 16 * KIB for i in range(4, 8)]
+    with trio.fail_after(5):
+        outbox = make_outbox(buffer_bytes=64 * KIB)
+        outbox.connect()
+        outbox.open("a")
+        for index in range(8):
+            await outbox.write("a", STDOUT, b"z" * (16 * KIB), index)
+            outbox.take(100)
+        assert outbox.statistics().retained_bytes == 64 * KIB
+        outbox.connect()
+        resent = chunks(outbox.take(100))
+        assert [c.offset for c in resent] == [i * 16 * KIB for i in range(4, 8)]
 
 
-async def test_orphan_result_does_not_hold_the_id() -> None:
+def test_orphan_result_does_not_hold_the_id() -> None:
     outbox = make_outbox()
     outbox.add_orphan_result(result("ghost", pb.CommandStatus.FAILURE))
     assert outbox.has_result("ghost")
@@ -178,7 +185,7 @@ async def test_orphan_result_does_not_hold_the_id() -> None:
     assert outbox.acknowledge("ghost")
 
 
-async def test_result_cap_drops_the_oldest() -> None:
+def test_result_cap_drops_the_oldest() -> None:
     outbox = make_outbox(max_results=2)
     for name in "abc":
         outbox.open(name)
@@ -189,15 +196,16 @@ async def test_result_cap_drops_the_oldest() -> None:
 
 
 async def test_finished_commands_give_up_retained_output_beyond_the_limit() -> None:
-    outbox = make_outbox(keep_finished_output=1)
-    outbox.connect()
-    for name in "abc":
-        outbox.open(name)
-        await outbox.write(name, STDOUT, b"q" * 1000, 0)
-        outbox.finish(result(name))
-    outbox.take(100)
-    assert outbox.statistics().retained_bytes == 1000
-    assert outbox.statistics().unacknowledged_results == 3
+    with trio.fail_after(5):
+        outbox = make_outbox(keep_finished_output=1)
+        outbox.connect()
+        for name in "abc":
+            outbox.open(name)
+            await outbox.write(name, STDOUT, b"q" * 1000, 0)
+            outbox.finish(result(name))
+        outbox.take(100)
+        assert outbox.statistics().retained_bytes == 1000
+        assert outbox.statistics().unacknowledged_results == 3
 
 
 async def test_wait_results_acknowledged() -> None:

@@ -28,6 +28,7 @@ from .helpers import (
     alive,
     binary_payload,
     python_script,
+    wait_reaped,
 )
 
 CommandStatus = pb.CommandStatus
@@ -243,3 +244,19 @@ async def test_background_process_holding_the_pipe_does_not_block_the_result() -
         assert alive(pid)  # left running, like nohup
     finally:
         os.kill(pid, signal.SIGKILL)
+
+
+async def test_cancellation_during_a_terminate_still_kills_the_group() -> None:
+    sink = ListSink()
+    control = CommandControl()
+    # The shell dies on SIGTERM; its background child ignores it.
+    content = "(trap '' TERM; sleep 300) & echo $! $$; sleep 300"
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(run, content, sink=sink, control=control))
+            await sink.wait_for(lambda: sink.data(STDOUT).endswith(b"\n"))
+            subshell, shell = map(int, sink.data(STDOUT).split())
+            control.terminate()  # grace 1 s: the subshell outlives the TERM...
+            await wait_reaped(shell)  # ...the runner has reaped the shell and waits the grace...
+            nursery.cancel_scope.cancel()  # ...when the agent is cancelled.
+    assert not alive(subshell)
