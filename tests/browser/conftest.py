@@ -28,7 +28,7 @@ from .support import FleetServer, Session
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
-READY = re.compile(r"Fleet is ready: (https?://\S+)")
+READY = re.compile(r"Fleet is ready[^:]*: (https?://\S+)")
 STARTUP_TIMEOUT_S = 60
 SHUTDOWN_TIMEOUT_S = 15
 UI_TIMEOUT_MS = 15_000  # every Playwright wait is bounded by this (≤ 20 s)

@@ -41,13 +41,16 @@ def log_in(s: Session) -> Page:
     return page
 
 
-def start_batch(page: Page, command: str) -> str:
+def start_batch(page: Page, command: str, *, keyboard: bool = False) -> str:
     """Select every VPS, type the command, run it; returns the batch id from the URL."""
     page.get_by_test_id("nav-run").click()
     page.get_by_test_id("select-all").click()
     expect(page.get_by_test_id("selection-count")).to_contain_text("3 selected")
     page.get_by_test_id("command-input").fill(command)
-    page.get_by_test_id("run-button").click()
+    if keyboard:
+        page.get_by_test_id("command-input").press("Control+Enter")
+    else:
+        page.get_by_test_id("run-button").click()
     expect(page).to_have_url(BATCH_URL)
     match = BATCH_URL.search(page.url)
     assert match is not None
@@ -98,8 +101,13 @@ def test_login_via_printed_url_lands_on_run_view(session: Session) -> None:
 
 def test_login_form_rejects_a_bad_token_and_accepts_the_admin_token(session: Session) -> None:
     page = session.page
+    # A login link with a wrong token lands on the form, which says why.
+    page.goto(session.server.origin + "/?token=not-the-token")
+    expect(page.get_by_test_id("login-form")).to_be_visible()
+    expect(page.get_by_test_id("login-error")).to_contain_text("not accepted")
     page.goto(session.server.origin + "/")
     expect(page.get_by_test_id("login-form")).to_be_visible()
+    expect(page.get_by_test_id("login-error")).to_be_hidden()
     page.get_by_test_id("login-token").fill("not-the-token")
     page.get_by_test_id("login-submit").click()
     expect(page.get_by_test_id("login-error")).to_be_visible()
@@ -148,7 +156,7 @@ def test_run_on_all_demo_agents_streams_each_output_live(
     expect_batch_done(page)
     expect(page.get_by_test_id("count-succeeded")).to_have_text("3")
     expect(page.get_by_test_id("terminate-all")).to_be_disabled()
-    page.screenshot(path=str(artifacts / "batch-view.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "batch-view.png"), full_page=True, animations="disabled")
 
 
 def test_terminate_one_vps_then_the_rest(session: Session) -> None:
@@ -299,7 +307,7 @@ def test_saved_script_create_edit_run_delete(session: Session) -> None:
 
 def test_history_lists_batches_and_opens_one(session: Session) -> None:
     page = log_in(session)
-    batch_id = start_batch(page, "echo for-history")
+    batch_id = start_batch(page, "echo for-history", keyboard=True)
     expect_batch_done(page)
     page.get_by_test_id("nav-history").click()
     row = page.get_by_test_id(f"history-row-{batch_id}")
@@ -363,3 +371,68 @@ def test_every_screen_only_talks_to_the_server(session: Session) -> None:
         "the live feed is a WebSocket to the server"
     )
     assert session.foreign_requests() == []
+
+
+MODEL_CHECK = """
+async () => {
+  const { AnsiParser } = await import("/ui/ansi.js");
+  const { TaskPanel } = await import("/ui/views/panel.js");
+  const r = {};
+  // An escape split across chunks, CR LF split across chunks, an OSC title: all handled.
+  const p = new AnsiParser();
+  const segs = [
+    ...p.feed("a\\x1b[3"), ...p.feed("1mred\\x1b[0m\\r"), ...p.feed("\\nb\\x1b]0;t\\x07c"),
+  ];
+  r.ansi = segs.map((s) => [s.text, s.cls]);
+
+  const task = {
+    child_command_id: "c1", vps_id: 1, vps_name: "x", status: "EXECUTING",
+    output_stream_summary: ["l1", "l2"], error_stream_summary: [], stdout_bytes: 6, stderr_bytes: 0,
+  };
+  const panel = new TaskPanel(task, {
+    batchId: "b", index: 0, caps: { chars: 1000, lines: 5 }, expanded: true,
+    onTerminate() {}, onToggle() {},
+  });
+  const text = () => panel.chunks.map((c) => c.segs.map((s) => s.text).join("")).join("");
+  panel.applySnapshot(task, true);
+  r.snapshot = text();
+  r.duplicate = panel.appendOutput("stdout", 3, "l2\\n");
+  r.overlap = panel.appendOutput("stdout", 3, "l2\\nl3\\n");
+  r.appended = text();
+  // Reconnect when nothing was missed: keep what is shown.
+  panel.applySnapshot({ ...task, output_stream_summary: ["l2", "l3"], stdout_bytes: 9 }, false);
+  r.kept = text();
+  r.keptNote = panel.note;
+  // Reconnect after missing output: rebuild from the summary, with a note.
+  panel.applySnapshot({ ...task, output_stream_summary: ["l9", "l10"], stdout_bytes: 20 }, false);
+  r.resynced = text();
+  r.resyncNote = panel.note;
+  // Retained output is capped (5 lines here).
+  for (let i = 0; i < 10; i++) panel.appendOutput("stdout", 20 + 3 * i, `n${i}\\n`);
+  r.trimmed = panel.trimmed;
+  panel.visible = true;
+  panel.render(Date.now(), false);
+  r.dom = panel.els.output.textContent;
+  r.domNote = panel.els.note.textContent;
+  return r;
+}
+"""
+
+
+def test_output_model_dedups_resyncs_and_trims(session: Session) -> None:
+    page = session.page
+    page.goto(session.server.origin + "/")
+    expect(page.get_by_test_id("login-form")).to_be_visible()
+    r = page.evaluate(MODEL_CHECK)
+    assert r["ansi"] == [["a", None], ["red", "ansi-fg-1"], ["\n", None], ["bc", None]]
+    assert r["snapshot"] == "l1\nl2\n"
+    assert r["duplicate"] is False
+    assert r["overlap"] is True
+    assert r["appended"] == "l1\nl2\nl3\n"
+    assert r["kept"] == "l1\nl2\nl3\n"
+    assert r["keptNote"] is None
+    assert r["resynced"] == "l9\nl10\n"
+    assert "Reconnected" in r["resyncNote"]
+    assert r["trimmed"] is True
+    assert r["dom"] == "n5\nn6\nn7\nn8\nn9\n"
+    assert "trimmed" in r["domNote"]

@@ -1,0 +1,148 @@
+// Machines view: register a VPS (its agent secret is shown once), list and remove VPSes.
+
+import { del, get, post } from "../api.js";
+import { field, h, replaceChildren, setText } from "../dom.js";
+import { Feed } from "../feed.js";
+import { fmtAgo, fmtFull, naturalCompare } from "../format.js";
+
+export function mount(root, ctx) {
+  const view = new VpsView(root, ctx);
+  view.start();
+  return { unmount: () => view.stop() };
+}
+
+class VpsView {
+  constructor(root, ctx) {
+    this.root = root;
+    this.ctx = ctx;
+    this.items = new Map();
+    const e = (this.els = {});
+    e.name = h("input", { type: "text", class: "input", testid: "vps-add-name", required: true, placeholder: "web-1", spellcheck: false });
+    e.tags = h("input", { type: "text", class: "input", testid: "vps-add-tags", placeholder: "web, eu" });
+    e.add = h("button", { type: "submit", class: "btn btn-primary", testid: "vps-add-submit" }, "Add VPS");
+    e.secret = h("div", { class: "secret-box", testid: "vps-secret", hidden: true, attrs: { role: "status" } });
+    e.tbody = h("tbody");
+    e.empty = h("p", { class: "empty", hidden: true }, "No VPS is registered yet.");
+    replaceChildren(root,
+      h("div", { class: "page-head" }, h("h1", { tabIndex: -1 }, "Machines")),
+      h("form", {
+        class: "card", testid: "vps-add-form", noValidate: true,
+        on: { submit: (ev) => { ev.preventDefault(); this.add(); } },
+      },
+      h("h2", {}, "Add a VPS"),
+      h("div", { class: "row-3" }, field("Name", e.name), field("Tags", e.tags, "Comma-separated, optional."),
+        h("div", { class: "field field-end" }, e.add)),
+      e.secret),
+      h("section", { class: "card card-flush" },
+        h("div", { class: "table-wrap" }, h("table", { class: "table", testid: "vps-manage-table" },
+          h("thead", {}, h("tr", {}, ...["ID", "Name", "Status", "Tags", "Host", "OS", "Agent", "Last seen", ""].map((t) => h("th", { scope: "col" }, t)))),
+          e.tbody)),
+        e.empty));
+  }
+
+  start() {
+    this.load();
+    this.feed = new Feed("/ws/vps", {
+      onMessage: (msg) => {
+        if (msg.type === "VPS_SNAPSHOT" && Array.isArray(msg.vps)) this.setItems(msg.vps);
+        else if (msg.type === "VPS_UPDATE" && msg.vps) { this.items.set(msg.vps.id, msg.vps); this.render(); }
+      },
+      onState: (s) => { if (s.state === "reconnecting" && s.attempt >= 2) this.load(); },
+    }).start();
+  }
+
+  stop() {
+    this.feed?.stop();
+  }
+
+  async load() {
+    try {
+      this.setItems(await get("/api/vps"));
+    } catch (err) {
+      this.ctx.showError(err, "Could not load the VPS list");
+    }
+  }
+
+  setItems(list) {
+    this.items = new Map(list.map((v) => [v.id, v]));
+    this.render();
+  }
+
+  render() {
+    const items = [...this.items.values()].sort((a, b) => naturalCompare(a.name, b.name));
+    this.els.empty.hidden = items.length > 0;
+    replaceChildren(this.els.tbody, items.map((v) => h("tr", { testid: `vps-manage-row-${v.id}` },
+      h("td", { class: "num" }, String(v.id)),
+      h("td", {}, v.name),
+      h("td", {}, h("span", { class: `online ${v.online ? "is-online" : "is-offline"}` }, v.online ? "Online" : "Offline")),
+      h("td", { class: "tag-list" }, (v.tags || []).map((t) => h("span", { class: "tag" }, t))),
+      h("td", { class: "muted" }, v.hostname || "—"),
+      h("td", { class: "muted" }, v.os || "—"),
+      h("td", { class: "muted" }, v.agent_version || "—"),
+      h("td", { class: "muted", title: fmtFull(v.last_seen_at) }, v.online ? "now" : fmtAgo(v.last_seen_at)),
+      h("td", {}, h("button", {
+        type: "button", class: "btn btn-small btn-danger-quiet", testid: `vps-delete-${v.id}`,
+        attrs: { "aria-label": `Remove ${v.name}` }, on: { click: () => this.remove(v) },
+      }, "Remove")))));
+  }
+
+  async add() {
+    const e = this.els;
+    const name = e.name.value.trim();
+    if (!name) {
+      this.ctx.showError({ title: "Cannot add yet", lines: ["Give the VPS a name."] });
+      return;
+    }
+    const tags = e.tags.value.split(",").map((t) => t.trim()).filter(Boolean);
+    e.add.disabled = true;
+    try {
+      const res = await post("/api/vps", { name, tags });
+      this.ctx.clearError();
+      e.name.value = "";
+      e.tags.value = "";
+      this.showSecret(res);
+      await this.load();
+    } catch (err) {
+      this.ctx.showError(err, "The VPS was not added");
+    } finally {
+      e.add.disabled = false;
+    }
+  }
+
+  showSecret(res) {
+    const box = this.els.secret;
+    const cmd = `fleet-agent --server ${location.hostname}:50051 --vps-id ${res.id} --secret ${res.agent_secret}`;
+    const code = h("code", { class: "mono", testid: "vps-agent-command" }, cmd);
+    const copy = h("button", {
+      type: "button", class: "btn btn-small",
+      on: {
+        click: async () => {
+          try { await navigator.clipboard.writeText(cmd); setText(copy, "Copied"); } catch { setText(copy, "Select and copy it"); }
+        },
+      },
+    }, "Copy");
+    replaceChildren(box,
+      h("p", {}, h("strong", {}, `“${res.name}” is registered (id ${res.id}).`),
+        " Its agent secret is shown only this once. On the VPS, run (adjust the gRPC address if the server listens elsewhere):"),
+      h("div", { class: "secret-cmd" }, code, copy));
+    box.hidden = false;
+  }
+
+  async remove(v) {
+    const ok = await this.ctx.confirm({
+      title: `Remove ${v.name}?`,
+      message: "Its agent can no longer connect, and it disappears from the target list. Past batches keep their records.",
+      confirmLabel: "Remove VPS",
+      danger: true,
+    });
+    if (!ok) return;
+    try {
+      await del(`/api/vps/${encodeURIComponent(v.id)}`);
+      this.items.delete(v.id);
+      this.render();
+      this.ctx.toast(`Removed ${v.name}.`);
+    } catch (err) {
+      this.ctx.showError(err, `Could not remove ${v.name}`);
+    }
+  }
+}
