@@ -20,7 +20,8 @@ __all__ = ["agent_seen", "register"]
 
 def _agent_command(services: Services, vps_id: int) -> str:
     return (
-        f"fleet-agent --server {services.grpc_address} --vps-id {vps_id} "
+        f"fleet-agent --server {services.config.public_grpc or services.grpc_address} "
+        f"--vps-id {vps_id} "
         f"--secret-file /etc/fleet-agent/secret{' --tls' if services.config.tls else ''}"
     )
 

@@ -26,6 +26,7 @@ logger = logging.getLogger("fleet.server")
 _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "http": ("FLEET_HTTP", str),
     "grpc": ("FLEET_GRPC", str),
+    "public_grpc": ("FLEET_PUBLIC_GRPC", str),
     "data_dir": ("FLEET_DATA_DIR", Path),
     "db_url": ("FLEET_DB", str),
     "tls_cert": ("FLEET_TLS_CERT", Path),
@@ -46,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--http", metavar="HOST:PORT", help="web UI and REST (127.0.0.1:8080)")
     p.add_argument("--grpc", metavar="HOST:PORT", help="agent streams (127.0.0.1:50051)")
+    p.add_argument(
+        "--public-grpc",
+        dest="public_grpc",
+        metavar="HOST:PORT",
+        help="the gRPC address VPSes dial, when not --grpc's (shown in agent command lines)",
+    )
     p.add_argument("--data-dir", dest="data_dir", type=Path, help="store and logs (./fleet-data)")
     p.add_argument("--db", dest="db_url", metavar="URL", help="postgres://… (default: SQLite)")
     p.add_argument("--tls-cert", dest="tls_cert", type=Path, metavar="PEM")

@@ -42,6 +42,9 @@ class ServerConfig:
 
     http: str = "127.0.0.1:8080"
     grpc: str = "127.0.0.1:50051"
+    #: The gRPC address agents should dial (shown in the agent command line), when the
+    #: listener's own address is not reachable from the VPSes (0.0.0.0, NAT, a proxy).
+    public_grpc: str | None = None
     data_dir: Path = Path("fleet-data")
     db_url: str | None = None
     tls_cert: Path | None = None
@@ -62,6 +65,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         self.http_endpoint  # noqa: B018 - validates
         self.grpc_endpoint  # noqa: B018
+        if self.public_grpc is not None:
+            parse_hostport(self.public_grpc, name="--public-grpc")
         for name in (
             "reconnect_grace_s",
             "terminate_confirm_s",

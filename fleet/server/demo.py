@@ -65,6 +65,9 @@ async def run_agents(
                 vps_id=vps_id,
                 secret=Secret(secret),
                 log_level=config.log_level,
+                # With --tls-cert, a demo agent trusts that certificate (self-signed is fine).
+                tls=config.tls,
+                ca_file=config.tls_cert,
             )
             nursery.start_soon(run_agent, agent)
         check(0, True)

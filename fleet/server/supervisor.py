@@ -189,9 +189,15 @@ class BatchRun:
         if not scope.cancelled_caught or task.is_terminal:
             return
         confirm_s = self._sup.settings.terminate_confirm_s
-        with trio.move_on_after(confirm_s, shield=True):
+        with trio.move_on_after(confirm_s, shield=True) as cleanup:
+            self._sup.cleanups.add(cleanup)
             self._send_terminate(task)
             await self._done[child_id].wait()
+        self._sup.cleanups.discard(cleanup)
+        if self._sup.stopping:
+            # The server is shutting down: the child stays TERMINATING in the store, and the
+            # restarted server asks the agent again (resume keeps the batch terminating).
+            return
         if not task.is_terminal:
             self._handle(core.TerminateUnconfirmed(child_id, confirm_s))
 
@@ -477,6 +483,8 @@ class Supervisor:
         )
         self._on_agent = on_agent
         self._runs: dict[str, BatchRun] = {}
+        self.cleanups: set[trio.CancelScope] = set()  # shielded terminate cleanups under way
+        self.stopping = False
         self._owner: dict[str, BatchRun] = {}  # child id → its batch
         self._nursery: trio.Nursery | None = None
 
@@ -485,8 +493,19 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._flush_output)
+            nursery.start_soon(self._cut_cleanups_on_shutdown)
             task_status.started()
             await trio.sleep_forever()
+
+    async def _cut_cleanups_on_shutdown(self) -> None:
+        """On shutdown, end the shielded terminate cleanups at once: they would otherwise hold
+        the server up to ``terminate_confirm_s`` each."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.stopping = True
+            for scope in list(self.cleanups):
+                scope.cancel()
 
     def submit(self, record: BatchRecord, *, resumed: bool = False) -> BatchRun:
         """Start running a stored batch (``resumed`` after a server restart)."""

@@ -111,7 +111,8 @@ def vps_view(v: VpsRecord, *, online: bool) -> dict[str, Any]:
         "name": v.name,
         "tags": list(v.tags),
         "online": online,
-        "last_seen_at": iso(v.last_seen_at),
+        # A connected agent answers keepalive pings: it is seen now.
+        "last_seen_at": iso(datetime.now(UTC)) if online else iso(v.last_seen_at),
         "hostname": v.hostname,
         "os": v.os_name or v.os_type,
         "os_type": v.os_type,

@@ -307,3 +307,31 @@ async def test_graceful_shutdown_ends_agent_streams(loop: Any, tmp_path: Path) -
                 scope.cancel()
                 await done.wait()
             outer.cancel_scope.cancel()
+
+
+async def test_shutdown_does_not_wait_for_terminate_confirmations(
+    loop: Any, tmp_path: Path
+) -> None:
+    """A child being terminated (its agent never confirms) must not hold up a shutdown."""
+    from tests.fakeagent import FakeAgent
+
+    config = ServerConfig.for_test(tmp_path / "d", terminate_confirm_s=60)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as outer:
+            endpoints, scope, done = await outer.start(_serve_scoped, config)
+            async with httpx.AsyncClient(
+                base_url=endpoints.http_url, headers={"Authorization": f"Bearer {endpoints.token}"}
+            ) as client:
+                vps = await add_vps(client, "mute")
+                agent = FakeAgent(endpoints.grpc_address, vps["id"], vps["agent_secret"])
+                assert (await agent.open()).authentication_successful
+                await wait_online(endpoints, vps["id"])
+                batch_id = await run_batch(client, "sleep 100", [vps])
+                await agent.receive_payload("batch_agent_command_request")
+                await client.post(f"/api/batch_commands/{batch_id}/terminate")
+                await agent.receive_payload("batch_terminate_command_request")
+            with trio.fail_after(5):
+                scope.cancel()
+                await done.wait()
+            await agent.close()
+            outer.cancel_scope.cancel()
