@@ -534,3 +534,12 @@ def test_resume_and_start_are_called_once_between_them() -> None:
     fresh.start(now=0)
     with pytest.raises(InvalidTransition):
         fresh.resume(now=1)
+
+
+def test_resume_keeps_a_terminating_batch_terminating() -> None:
+    batch = Batch("b1", restored(S.TERMINATING, S.TERMINATED))
+    batch.resume(now=10, user_terminated=True)
+    assert batch.status is B.TERMINATING
+    assert batch.user_terminated
+    batch.handle(Finished("c1", S.TERMINATED), now=11)
+    assert batch.status is B.TERMINATED

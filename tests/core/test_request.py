@@ -443,3 +443,16 @@ def test_script_body_is_normalised() -> None:
 )
 def test_script_body_errors(body: object, fields: list[str]) -> None:
     assert script_errors(body) == fields
+
+
+def test_script_body_rejects_lone_surrogates_and_non_text_description() -> None:
+    with pytest.raises(ValidationError) as info:
+        validate_script_body({"name": "s", "description": "\ud800", "content": "x\udc00"})
+    assert {e["field"] for e in info.value.errors} == {"description", "content"}
+    with pytest.raises(ValidationError) as info:
+        validate_script_body({"name": "s", "description": 0, "content": "x"})
+    assert [e["field"] for e in info.value.errors] == ["description"]
+    assert (
+        validate_script_body({"name": "s", "description": None, "content": "x"})["description"]
+        == ""
+    )
