@@ -4,8 +4,10 @@ Layers (a module may only depend on modules in a strictly lower layer):
 
 1. ``fleet.proto`` (generated wire messages) and ``fleet.core`` (sans-I/O domain: statuses,
    state machines, output bookkeeping, request validation).
-2. ``fleet.agent`` (the daemon on every VPS; never imports ``fleet.server``) and ``fleet.cli``
-   (the REST client; never imports ``fleet.server``).
+2. ``fleet.agent`` (the daemon on every VPS; never imports ``fleet.server``) and the ``fleet``
+   CLI: ``fleet.client`` (the REST client), ``fleet.watch`` (the live feed), ``fleet.console``
+   (printing), ``fleet.commands`` and ``fleet.cli`` (flags and dispatch); none of them imports
+   ``fleet.server``.
 3. ``fleet.server.config``, ``fleet.server.agents``, ``fleet.server.store``,
    ``fleet.server.dbthread``, ``fleet.server.feed``, ``fleet.server.logs``,
    ``fleet.server.openapi``

@@ -1,21 +1,17 @@
-"""The client behind the ``fleet`` CLI: REST over the stdlib, the live feed over trio-websocket.
+"""The REST client behind the ``fleet`` CLI, over the standard library, and its errors.
 
-It ships in the light base install, so it uses trio, trio-websocket and the standard library only,
-and never imports ``fleet.server``.
-
-* ``FleetClient`` makes REST calls with ``http.client`` in worker threads
-  (``trio.to_thread.run_sync``), keeping a few idle keep-alive connections. It reads each body by
-  its Content-Length, because Hypercorn's trio worker ignores ``Connection: close``.
-* ``BatchWatch`` is the sans-I/O state of one batch as the feed describes it. It decides which
-  output is new, which is a duplicate, and which bytes were missed (``Gap``) and must be fetched
-  from the byte-exact log. ``follow`` connects it to the WebSocket and reconnects when the
-  server drops a slow client (close code 1013) or the connection breaks.
+It ships in the light base install, so it uses trio and the standard library only, and never
+imports ``fleet.server``. ``FleetClient`` makes REST calls with ``http.client`` in worker threads
+(``trio.to_thread.run_sync``), keeping a few idle keep-alive connections. It reads each body by
+its Content-Length, because Hypercorn's trio worker ignores ``Connection: close``. The live feed
+is ``fleet.watch``.
 
 Errors form one small tree. Each has a one-line ``str()`` and the CLI exit code it maps to::
 
     ClientError (3)
      ├─ Unreachable (3)     the server cannot be reached, or the feed was lost for good
      ├─ TokenRefused (3)    401/403
+     ├─ UsageError (2)      bad settings, an unknown name, nothing to run on
      ├─ BadResponse (3)     something that is not the API's JSON
      └─ ApiError (2 for 4xx, 3 for 5xx): {"error": code, "detail": …}
 """
@@ -27,54 +23,31 @@ import json
 import ssl
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    HandshakeError,
-    open_websocket_url,
-)
 
 __all__ = [
-    "FINAL_BATCH",
     "STREAMS",
-    "TERMINAL_CHILD",
     "ApiError",
     "BadResponse",
-    "BatchWatch",
-    "Chunk",
     "ClientError",
-    "Ended",
     "FleetClient",
-    "Gap",
     "TokenRefused",
     "Unreachable",
     "UsageError",
-    "WatchedChild",
-    "fill_gaps",
-    "follow",
+    "batch_path",
+    "connection_problem",
+    "feed_path",
     "select_targets",
 ]
 
-FINAL_BATCH = frozenset(
-    {"COMPLETED_SUCCESSFULLY", "COMPLETED_WITH_ERRORS", "TERMINATED", "FAILED_TO_START"}
-)
-TERMINAL_CHILD = frozenset(
-    {"SUCCESS", "FAILURE", "TERMINATED", "AGENT_UNREACHABLE", "AGENT_REJECTED"}
-)
 STREAMS = ("stdout", "stderr")
 
 #: An idle keep-alive connection older than this is closed rather than reused: Hypercorn drops
 #: idle connections after 5 s, and a request sent on a dropped one fails.
 IDLE_REUSE_S = 2.0
-#: The feed gives up after this many consecutive failed (re)connections.
-FEED_ATTEMPTS = 6
-CLOSE_TRY_AGAIN = 1013  # the server dropped us for falling behind: reconnect at once
-CLOSE_POLICY = 1008  # the server refused the subscription (no such batch)
 
 
 class ClientError(Exception):
@@ -250,7 +223,7 @@ class FleetClient:
                 if reused and attempt == 1 and method == "GET":
                     continue
                 raise Unreachable(
-                    f"cannot reach the Fleet server at {self.url} ({_why(exc)})"
+                    f"cannot reach the Fleet server at {self.url} ({connection_problem(exc)})"
                 ) from exc
             self._idle.append((time.monotonic(), conn))
             return response
@@ -265,7 +238,7 @@ class FleetClient:
             TokenRefused, ApiError, BadResponse, Unreachable.
         """
         response = await self.request(method, path, body=body, query=query)
-        check(response, self.url)
+        check(response)
         if not response.body:
             return None
         try:
@@ -275,14 +248,14 @@ class FleetClient:
 
     async def output(self, batch_id: str, child_id: str, stream: str, *, start: int = 0) -> bytes:
         """The bytes of one task's log from ``start`` on (a Range request)."""
-        path = f"/api/batch_commands/{_q(batch_id)}/tasks/{_q(child_id)}/output"
+        path = batch_path(batch_id, "tasks", child_id, "output")
         headers = {"Accept": "*/*"}
         if start:
             headers["Range"] = f"bytes={start}-"
         response = await self.request("GET", path, query={"stream": stream}, headers=headers)
         if response.status == 416:  # nothing at or beyond ``start``
             return b""
-        check(response, self.url)
+        check(response)
         # 206 is the range we asked for; a server that ignores Range sends it all (200).
         return response.body if response.status == 206 else response.body[start:]
 
@@ -359,7 +332,7 @@ def select_targets(
     return selected
 
 
-def check(response: Response, url: str) -> None:
+def check(response: Response) -> None:
     """Raise the error a non-2xx ``response`` stands for."""
     if response.status < 300:
         return
@@ -379,251 +352,22 @@ def _q(part: str) -> str:
     return urllib.parse.quote(part, safe="")
 
 
-def _why(exc: BaseException) -> str:
+def batch_path(batch_id: str, *rest: str) -> str:
+    """``/api/batch_commands/{id}/…`` with each part quoted."""
+    return "/".join(["/api/batch_commands", *(_q(part) for part in (batch_id, *rest))])
+
+
+def feed_path(batch_id: str) -> str:
+    """``/ws/batch_commands/{id}``, the batch's live feed (see ``FleetClient.ws_url``)."""
+    return f"/ws/batch_commands/{_q(batch_id)}"
+
+
+def connection_problem(exc: BaseException) -> str:
+    """Why a connection failed, in a few words for an error message."""
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"its certificate is not trusted: {exc.verify_message}; see --ca-file"
     return str(exc) or type(exc).__name__
-
-
-# --- the sans-I/O batch watch ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """Output to show: ``text`` of one task's stream."""
-
-    child_id: str
-    stream: str
-    text: str
-
-
-@dataclass(frozen=True)
-class Gap:
-    """Bytes ``[start, end)`` of a stream that the feed did not carry; fetch them from the log."""
-
-    child_id: str
-    stream: str
-    start: int
-    end: int
-
-
-@dataclass(frozen=True)
-class Ended:
-    """The task reached a terminal status: all of its output has been shown."""
-
-    child_id: str
-
-
-Item = Chunk | Gap | Ended
-
-
-@dataclass
-class WatchedChild:
-    """One task as the client knows it."""
-
-    child_id: str
-    vps_id: int
-    name: str
-    status: str = "PENDING"
-    exit_code: int | None = None
-    error_message: str | None = None
-    started_at: str | None = None
-    completed_at: str | None = None
-    ended: bool = False
-    #: Bytes of each stream shown so far. Exact after a ``Gap`` is filled; otherwise
-    #: ``offset + len(text.encode())`` of the last chunk, which overshoots a little where the
-    #: output was not UTF-8 (so a resync may skip a few bytes, but never repeats any).
-    shown: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STREAMS, 0))
-    #: Per connection: output below these offsets came with the snapshot, so it is not new.
-    floor: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STREAMS, 0))
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL_CHILD
-
-    def update(self, fields: dict[str, Any]) -> None:
-        self.status = str(fields.get("status", self.status))
-        self.exit_code = fields.get("exit_code", self.exit_code)
-        self.error_message = fields.get("error_message", self.error_message)
-        self.started_at = fields.get("agent_started_at", self.started_at)
-        self.completed_at = fields.get("agent_completed_at", self.completed_at)
-
-
-class BatchWatch:
-    """The state of one batch as the live feed tells it; no I/O.
-
-    Feed every message to ``on_message``; it returns what to show: ``Chunk`` output, ``Gap``
-    (bytes to fetch from the log and pass to ``fill``, which returns the ``Chunk``), and
-    ``Ended`` when a task is over. A ``SNAPSHOT`` (the first message of each connection) starts
-    the connection over: output produced before it, or while disconnected, comes back as gaps,
-    so nothing is lost and nothing is shown twice.
-
-    Args:
-        batch_id: the batch to watch.
-        output: False to track statuses only (no chunks, no gaps).
-    """
-
-    def __init__(self, batch_id: str, *, output: bool = True) -> None:
-        self.batch_id = batch_id
-        self.output = output
-        self.status: str | None = None
-        self.children: dict[str, WatchedChild] = {}
-        self.snapshots = 0
-
-    @property
-    def final(self) -> bool:
-        return self.status in FINAL_BATCH
-
-    def counts(self) -> tuple[int, int, int]:
-        """``(done, failed, running)`` task counts."""
-        done = failed = 0
-        for child in self.children.values():
-            if child.terminal:
-                done += 1
-                failed += child.status != "SUCCESS"
-        return done, failed, len(self.children) - done
-
-    def on_message(self, message: dict[str, Any]) -> list[Item]:
-        kind = message.get("type")
-        if kind == "SNAPSHOT":
-            return self.on_snapshot(message.get("batch") or {})
-        if kind == "BATCH_TASK_UPDATE":
-            self.status = str(message.get("overall_status", self.status))
-            return []
-        if kind == "CHILD_TASK_UPDATE":
-            child = self.children.get(str(message.get("child_command_id")))
-            if child is None:
-                return []
-            child.update(message)
-            return self._ended(child)
-        if kind == "NEW_LOG_OUTPUT":
-            return self._log(message)
-        return []  # an event this client does not know: ignore it
-
-    def on_snapshot(self, batch: dict[str, Any]) -> list[Item]:
-        """Start over from the batch's full state (also fine with a final ``GET`` body)."""
-        self.snapshots += 1
-        self.status = str(batch.get("overall_status", self.status))
-        items: list[Item] = []
-        for task in batch.get("tasks", []):
-            child_id = str(task["child_command_id"])
-            child = self.children.get(child_id)
-            if child is None:
-                child = WatchedChild(child_id, int(task["vps_id"]), str(task["vps_name"]))
-                self.children[child_id] = child
-            child.update(task)
-            for stream in STREAMS:
-                size = int(task.get(f"{stream}_bytes") or 0)
-                child.floor[stream] = size
-                if self.output and size > child.shown[stream]:
-                    items.append(Gap(child_id, stream, child.shown[stream], size))
-                child.shown[stream] = min(child.shown[stream], size)
-        for child in self.children.values():
-            items += self._ended(child)
-        return items
-
-    def fill(self, gap: Gap, data: bytes) -> Chunk:
-        """The output of ``gap`` once its bytes were fetched (at most ``gap.end - gap.start``)."""
-        data = data[: gap.end - gap.start]
-        child = self.children[gap.child_id]
-        child.shown[gap.stream] = max(child.shown[gap.stream], gap.start + len(data))
-        return Chunk(gap.child_id, gap.stream, data.decode("utf-8", "replace"))
-
-    def _log(self, message: dict[str, Any]) -> list[Item]:
-        child = self.children.get(str(message.get("child_command_id")))
-        stream = message.get("stream")
-        if not self.output or child is None or stream not in STREAMS:
-            return []
-        text = str(message.get("data", ""))
-        offset = int(message.get("offset") or 0)
-        encoded = text.encode("utf-8", "surrogatepass")
-        below = child.floor[stream] - offset
-        if below >= len(encoded):
-            return []  # already part of this connection's snapshot
-        if below > 0:
-            text = encoded[below:].decode("utf-8", "replace")
-        child.shown[stream] = max(child.shown[stream], offset + len(encoded))
-        return [Chunk(child.child_id, stream, text)] if text else []
-
-    def _ended(self, child: WatchedChild) -> list[Item]:
-        if child.terminal and not child.ended:
-            child.ended = True
-            return [Ended(child.child_id)]
-        return []
-
-
-async def follow(
-    client: FleetClient,
-    watch: BatchWatch,
-    show: Callable[[Iterable[Item]], None],
-) -> None:
-    """Follow the batch's live feed until its status is final.
-
-    Every message's items go to ``show`` (gaps already filled). A connection the server closes
-    with 1013 is reopened at once; other failures are retried with a growing delay and give up
-    after ``FEED_ATTEMPTS`` in a row. Cancelling closes the WebSocket.
-
-    Raises:
-        TokenRefused, ApiError (404: no such batch), Unreachable, BadResponse.
-    """
-    url = client.ws_url(f"/ws/batch_commands/{_q(watch.batch_id)}")
-    failures = 0
-    while not watch.final:
-        try:
-            async with open_websocket_url(
-                url,
-                client.ws_ssl,
-                extra_headers=client.ws_headers,
-                connect_timeout=30,
-                disconnect_timeout=5,
-            ) as ws:
-                while not watch.final:
-                    raw = await ws.get_message()
-                    try:
-                        message = json.loads(raw)
-                    except ValueError as exc:
-                        raise BadResponse("the live feed sent something that is not JSON") from exc
-                    items = watch.on_message(message)
-                    failures = 0
-                    show(await fill_gaps(client, watch, items))
-            return
-        except ConnectionClosed as exc:
-            code = exc.reason.code if exc.reason is not None else None
-            if code == CLOSE_POLICY:
-                detail = (exc.reason.reason if exc.reason else None) or "no such batch"
-                raise ApiError(404, "not_found", detail) from None
-            if code == CLOSE_TRY_AGAIN:
-                continue
-            failures += 1
-            why = f"closed with code {code}"
-        except ConnectionRejected as exc:
-            if exc.status_code in (401, 403):
-                raise TokenRefused() from None
-            if 400 <= exc.status_code < 500:
-                raise ApiError(
-                    exc.status_code, "rejected", f"the live feed refused: {url}"
-                ) from None
-            failures += 1
-            why = f"HTTP {exc.status_code}"
-        except (HandshakeError, OSError) as exc:
-            failures += 1
-            why = _why(exc.__cause__ or exc) if isinstance(exc, HandshakeError) else _why(exc)
-        if watch.final:  # the socket failed while closing, after the end: nothing is missing
-            return
-        if failures >= FEED_ATTEMPTS:
-            raise Unreachable(f"lost the live feed from {client.url} ({why})")
-        await trio.sleep(min(0.25 * 2**failures, 5.0))
-
-
-async def fill_gaps(client: FleetClient, watch: BatchWatch, items: list[Item]) -> list[Item]:
-    """``items`` with every ``Gap`` fetched from its log and turned into a ``Chunk``."""
-    filled: list[Item] = []
-    for item in items:
-        if isinstance(item, Gap):
-            data = await client.output(watch.batch_id, item.child_id, item.stream, start=item.start)
-            filled.append(watch.fill(item, data))
-        else:
-            filled.append(item)
-    return filled

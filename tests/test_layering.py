@@ -3,6 +3,8 @@
 * ``fleet/core`` is sans-I/O: no event loops, sockets, processes, threads, clocks, randomness,
   logging configuration, and nothing from ``fleet.server`` or ``fleet.agent``.
 * ``fleet/agent`` never imports ``fleet.server`` (or the server's web and database stack).
+* The ``fleet`` CLI (``fleet.cli``, ``fleet.client``, ``fleet.watch``, ``fleet.console``,
+  ``fleet.commands``) never imports ``fleet.server``, quart, hypercorn or pony.
 * Only ``fleet/server/rpc.py`` and ``fleet/agent/link.py`` touch asyncio / trio-asyncio / grpclib.
 * No module imports a module from a higher layer.
 
@@ -23,6 +25,8 @@ import fleet
 
 ROOT = Path(fleet.__file__).parent  # .../fleet
 GRPC_MODULES = {"fleet.server.rpc", "fleet.agent.link"}
+#: The ``fleet`` CLI: the light base install's client modules.
+CLI_MODULES = {"fleet.cli", "fleet.client", "fleet.watch", "fleet.console", "fleet.commands"}
 
 #: Top-level modules fleet/core must not import.
 CORE_BANNED = {
@@ -31,7 +35,7 @@ CORE_BANNED = {
     "subprocess", "multiprocessing", "threading", "concurrent", "signal", "time", "random",
     "secrets", "os", "sys", "shutil", "tempfile", "sqlite3", "urllib", "http", "importlib",
     "logging.config",
-    "fleet.server", "fleet.agent", "fleet.cli",
+    "fleet.server", "fleet.agent", *CLI_MODULES,
 }  # fmt: skip
 #: Calls that read a clock, draw randomness or configure logging (however they were imported).
 CORE_BANNED_CALLS = {
@@ -41,12 +45,21 @@ CORE_BANNED_CALLS = {
     "open", "input", "print", "__import__", "breakpoint",
 }  # fmt: skip
 AGENT_BANNED = {"fleet.server", "quart", "quart_trio", "hypercorn", "pony", "trio_websocket"}
+#: The CLI follows the live feed with trio-websocket, so that one is allowed.
+CLI_BANNED = {"fleet.server", "quart", "quart_trio", "hypercorn", "pony"}
 ASYNCIO_FAMILY = {"asyncio", "trio_asyncio", "grpclib"}
 
 #: The layers of fleet/__init__.py's docstring (lowest first); checked against it below.
 LAYERS: list[list[str]] = [
     ["fleet.proto", "fleet.core"],
-    ["fleet.agent", "fleet.cli"],
+    [
+        "fleet.agent",
+        "fleet.client",
+        "fleet.watch",
+        "fleet.console",
+        "fleet.commands",
+        "fleet.cli",
+    ],
     [
         "fleet.server.config",
         "fleet.server.agents",
@@ -205,6 +218,20 @@ def agent_violations(source: Source) -> list[str]:
     ]
 
 
+def is_cli(module: str) -> bool:
+    return any(module == name or module.startswith(name + ".") for name in CLI_MODULES)
+
+
+def cli_violations(source: Source) -> list[str]:
+    if not is_cli(source.module):
+        return []
+    return [
+        f"{source.rel}:{imp.line}: {source.module} imports {hit}"
+        for imp in source.imports()
+        if (hit := matches(imp.target, CLI_BANNED))
+    ]
+
+
 def asyncio_violations(source: Source) -> list[str]:
     if source.module in GRPC_MODULES:
         return []
@@ -222,10 +249,9 @@ def layer_violations(source: Source) -> list[str]:
     for imp in source.imports():
         if imp.type_only or not imp.target.startswith("fleet."):
             continue
-        if source.module == "fleet.cli" or source.module.startswith("fleet.cli."):
-            if matches(imp.target, {"fleet.server"}):
-                found.append(f"{source.rel}:{imp.line}: fleet.cli imports {imp.target}")
-                continue
+        if is_cli(source.module) and matches(imp.target, {"fleet.server"}):
+            found.append(f"{source.rel}:{imp.line}: {source.module} imports {imp.target}")
+            continue
         theirs = layer_of(imp.target)
         if own is not None and theirs is not None and theirs > own:
             found.append(
@@ -251,6 +277,13 @@ def test_core_is_sans_io() -> None:
 def test_agent_does_not_import_the_server() -> None:
     found = [v for s in sources("agent") for v in agent_violations(s)]
     assert not found, _report(found)
+
+
+def test_the_cli_does_not_import_the_server() -> None:
+    scanned = [s for s in sources() if is_cli(s.module)]
+    found = [v for s in scanned for v in cli_violations(s)]
+    assert not found, _report(found)
+    assert {s.module for s in scanned} >= CLI_MODULES  # the scan sees every CLI module
 
 
 def test_only_the_grpc_modules_touch_asyncio() -> None:
@@ -331,12 +364,38 @@ def test_asyncio_rule_respects_the_two_modules_and_type_checking() -> None:
     assert asyncio_violations(_source(typed, "fleet.server.api")) == []
 
 
+@pytest.mark.parametrize("module", sorted(CLI_MODULES))
+@pytest.mark.parametrize(
+    "code",
+    [
+        "from fleet.server import store",
+        "from fleet import server",
+        "import quart",
+        "from quart_trio import QuartTrio",
+        "import hypercorn.trio",
+        "from pony.orm import db_session",
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import fleet.server.api",
+    ],
+)
+def test_cli_scanner_flags(module: str, code: str) -> None:
+    assert cli_violations(_source(code, module))
+
+
+def test_cli_scanner_allows() -> None:
+    code = "import trio\nfrom trio_websocket import open_websocket_url\nfrom .client import x"
+    for module in CLI_MODULES:
+        assert cli_violations(_source(code, module)) == []
+    assert cli_violations(_source("import quart", "fleet.server.api")) == []
+
+
 def test_layer_rule() -> None:
     assert layer_violations(_source("from . import supervisor", "fleet.server.store"))
     assert layer_violations(_source("from .serve import main", "fleet.server.api"))
     assert layer_violations(_source("from fleet.server import store", "fleet.agent.runner"))
     assert layer_violations(_source("import fleet.server.store", "fleet.cli"))
     assert layer_violations(_source("from fleet.server.api import x", "fleet.cli.main"))
+    assert layer_violations(_source("from fleet import server", "fleet.commands"))
+    assert layer_violations(_source("from .watch import follow", "fleet.commands")) == []
     assert layer_violations(_source("from .store import Store", "fleet.server.supervisor")) == []
     assert layer_violations(_source("from fleet.core import Batch", "fleet.server.cli")) == []
     assert layer_violations(_source("from .serve import main", "fleet.server.cli")) == []

@@ -23,6 +23,31 @@ from fleet.cli import main
 
 READY = re.compile(r"^Fleet is ready with 3 demo agents: (http://[^/\s]+)/\?token=(\S+)$")
 START_TIMEOUT_S = 60
+MAIN_TIMEOUT_S = 60
+
+
+def bounded_main(argv: list[str], timeout: float = MAIN_TIMEOUT_S) -> int:
+    """``fleet.cli.main(argv)`` in a thread, failing the test if it runs longer than ``timeout``.
+
+    (Off the main thread the CLI does not catch Ctrl-C; the signal tests use a subprocess.)
+    """
+    codes: list[int] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            codes.append(main(argv))
+        except BaseException as exc:  # handed to the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="fleet-cli", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        pytest.fail(f"`fleet {' '.join(argv)}` did not finish within {timeout} s")
+    if errors:
+        raise errors[0]
+    return codes[0]
 
 
 @dataclass(frozen=True)
@@ -59,8 +84,9 @@ class Lines:
         self._thread.start()
 
     def _read(self, pipe: Any) -> None:
-        for line in pipe:
-            self._queue.put(line.rstrip("\n"))
+        with pipe:
+            for line in pipe:
+                self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
 
     def wait_for(self, predicate: Callable[[str], bool], timeout: float) -> str:
@@ -150,7 +176,7 @@ def fleet(
 
     def run(*argv: str) -> Result:
         capsys.readouterr()
-        code = main(list(argv))
+        code = bounded_main(list(argv))
         captured = capsys.readouterr()
         return Result(code, captured.out, captured.err)
 
