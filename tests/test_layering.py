@@ -63,6 +63,8 @@ LAYERS: list[list[str]] = [
     [
         "fleet.server.config",
         "fleet.server.agents",
+        "fleet.server.records",
+        "fleet.server.schema",
         "fleet.server.store",
         "fleet.server.dbthread",
         "fleet.server.feed",
@@ -70,6 +72,7 @@ LAYERS: list[list[str]] = [
         "fleet.server.openapi",
     ],
     ["fleet.server.views", "fleet.server.writeback"],
+    ["fleet.server.batchrun"],
     ["fleet.server.supervisor"],
     [
         "fleet.server.rpc",

@@ -28,13 +28,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Final, TypeVar, cast
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pony import orm
-from pony.orm import Json, LongStr, PrimaryKey, Required, Set
 
 from fleet.core._errors import NotFound, ValidationError
 from fleet.core._status import BatchStatus, ChildStatus
+
+from .records import (
+    UNSET,
+    BatchRecord,
+    BatchUpdate,
+    ChildRecord,
+    ChildUpdate,
+    ScriptRecord,
+    VpsRecord,
+)
+from .schema import Dialect, aware, bind_args, define_entities, to_db, utcnow
 
 __all__ = [
     "UNSET",
@@ -55,114 +64,6 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 _CHUNK = 500  # ids per ``IN (...)`` list, well below SQLite's bound-parameter limit
 
 
-class _Unset(enum.Enum):
-    UNSET = "UNSET"
-
-
-UNSET: Final = _Unset.UNSET
-"""Marks a ``ChildUpdate`` field that may be set to ``None`` as "leave unchanged"."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class VpsRecord:
-    id: int
-    name: str
-    tags: tuple[str, ...]
-    created_at: datetime
-    updated_at: datetime
-    last_seen_at: datetime | None
-    hostname: str | None
-    os_name: str | None
-    os_type: str | None
-    arch: str | None
-    kernel_version: str | None
-    agent_version: str | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ScriptRecord:
-    id: int
-    name: str
-    description: str
-    content: str
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ChildRecord:
-    id: str
-    batch_id: str
-    vps_id: int
-    vps_name: str
-    status: ChildStatus
-    exit_code: int | None
-    error_message: str | None
-    stdout_log_path: str | None
-    stderr_log_path: str | None
-    last_output_at: datetime | None
-    created_at: datetime
-    updated_at: datetime
-    agent_started_at: datetime | None
-    agent_completed_at: datetime | None
-    stdout_summary: tuple[str, ...]
-    stderr_summary: tuple[str, ...]
-    stdout_bytes: int
-    stderr_bytes: int
-    truncated: bool
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class BatchRecord:
-    """One batch. ``children`` is empty when not loaded (``list_batches``); ``counts`` maps each
-    child status value present in the batch to its number of children, and is always filled."""
-
-    id: str
-    payload: dict[str, Any]
-    status: BatchStatus
-    execution_alias: str | None
-    user_id: str
-    command_type: str
-    command_content: str
-    script_id: int | None
-    working_directory: str | None
-    timeout_seconds: int
-    created_at: datetime
-    updated_at: datetime
-    completed_at: datetime | None
-    counts: dict[str, int]
-    children: tuple[ChildRecord, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ChildUpdate:
-    """A partial update of one child: ``None`` (``UNSET`` where ``None`` is a value) = unchanged."""
-
-    child_id: str
-    status: ChildStatus | None = None
-    exit_code: int | _Unset | None = UNSET
-    error_message: str | _Unset | None = UNSET
-    last_output_at: datetime | None = None
-    agent_started_at: datetime | None = None
-    agent_completed_at: datetime | None = None
-    stdout_summary: Sequence[str] | None = None
-    stderr_summary: Sequence[str] | None = None
-    stdout_bytes: int | None = None
-    stderr_bytes: int | None = None
-    truncated: bool | None = None
-    updated_at: datetime | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class BatchUpdate:
-    """A partial update of one batch: ``None`` = unchanged."""
-
-    batch_id: str
-    status: BatchStatus | None = None
-    updated_at: datetime | None = None
-    completed_at: datetime | None = None
-
-
 _NULLABLE_UPDATES = frozenset({"exit_code", "error_message"})
 _DT_COLS = frozenset(
     {"created_at", "updated_at", "completed_at", "last_output_at"}
@@ -181,170 +82,6 @@ def db_session(fn: _F) -> _F:
     return cast(_F, orm.db_session(fn))
 
 
-def _to_db(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return None if value is None else value.replace(tzinfo=UTC)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def _define_entities(db: Any) -> SimpleNamespace:
-    """Define the entities on ``db``; table and column names are lower-case for PostgreSQL."""
-
-    class Vps(db.Entity):  # type: ignore[misc]
-        _table_ = "vps"
-        id = PrimaryKey(int, auto=True)
-        name = Required(str, unique=True)
-        tags = Required(Json)
-        secret_hash = Required(str)
-        created_at = Required(datetime)
-        updated_at = Required(datetime)
-        last_seen_at = orm.Optional(datetime)
-        hostname = orm.Optional(str, nullable=True)
-        os_name = orm.Optional(str, nullable=True)
-        os_type = orm.Optional(str, nullable=True)
-        arch = orm.Optional(str, nullable=True)
-        kernel_version = orm.Optional(str, nullable=True)
-        agent_version = orm.Optional(str, nullable=True)
-
-    class Script(db.Entity):  # type: ignore[misc]
-        _table_ = "script"
-        id = PrimaryKey(int, auto=True)
-        name = Required(str, unique=True)
-        description = orm.Optional(str, autostrip=False)
-        content = orm.Optional(LongStr, autostrip=False)
-        created_at = Required(datetime)
-        updated_at = Required(datetime)
-
-    class ApiToken(db.Entity):  # type: ignore[misc]
-        _table_ = "api_token"
-        id = PrimaryKey(int, auto=True)
-        name = Required(str)
-        token_hash = Required(str, unique=True)
-        created_at = Required(datetime)
-        last_used_at = orm.Optional(datetime)
-
-    class Batch(db.Entity):  # type: ignore[misc]
-        _table_ = "batch_command_task"
-        id = PrimaryKey(str, 36)
-        original_request_payload = Required(Json)
-        status = Required(str)
-        execution_alias = orm.Optional(str, nullable=True)
-        user_id = orm.Optional(str)
-        command_content = orm.Optional(LongStr, autostrip=False)
-        command_type = Required(str)
-        script_id = orm.Optional(int)
-        working_directory = orm.Optional(str, nullable=True, autostrip=False)
-        timeout_seconds = Required(int)
-        created_at = Required(datetime, index=True)
-        updated_at = Required(datetime)
-        completed_at = orm.Optional(datetime)
-        children = Set("Child")
-
-    class Child(db.Entity):  # type: ignore[misc]
-        _table_ = "child_command_task"
-        id = PrimaryKey(str, 36)
-        batch = Required(Batch, column="batch_id", index=True)
-        vps_id = Required(int, index=True)
-        vps_name = Required(str)
-        status = Required(str)
-        exit_code = orm.Optional(int)
-        error_message = orm.Optional(LongStr, nullable=True, autostrip=False)
-        stdout_log_path = orm.Optional(str, nullable=True)
-        stderr_log_path = orm.Optional(str, nullable=True)
-        last_output_at = orm.Optional(datetime)
-        created_at = Required(datetime)
-        updated_at = Required(datetime)
-        agent_started_at = orm.Optional(datetime)
-        agent_completed_at = orm.Optional(datetime)
-        stdout_summary = Required(Json, default=[])
-        stderr_summary = Required(Json, default=[])
-        stdout_bytes = Required(int, default=0)
-        stderr_bytes = Required(int, default=0)
-        truncated = Required(bool, default=False)
-
-    return SimpleNamespace(Vps=Vps, Script=Script, ApiToken=ApiToken, Batch=Batch, Child=Child)
-
-
-class _Dialect:
-    """The little SQL that differs between SQLite (sqlite3) and PostgreSQL (psycopg2)."""
-
-    def __init__(self, provider_name: str) -> None:
-        self.postgres = provider_name == "postgres"
-        self.ph = "%s" if self.postgres else "?"
-
-    def dt(self, value: datetime | None) -> Any:
-        if value is None:
-            return None
-        naive = _to_db(value)
-        return naive if self.postgres else naive.isoformat(" ", timespec="microseconds")
-
-    def dt_out(self, value: Any) -> datetime | None:
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        return _aware(value)
-
-    def dt_req(self, value: Any) -> datetime:
-        out = self.dt_out(value)
-        assert out is not None
-        return out
-
-    def json_out(self, value: Any) -> Any:
-        return json.loads(value) if isinstance(value, str) else value
-
-    def insert_many(self, cur: Any, table: str, cols: str, rows: list[tuple[Any, ...]]) -> None:
-        if self.postgres:
-            from psycopg2.extras import execute_values  # type: ignore[import-untyped,unused-ignore]
-
-            execute_values(cur, f"INSERT INTO {table} ({cols}) VALUES %s", rows, page_size=1000)
-        else:
-            marks = ", ".join("?" * (cols.count(",") + 1))
-            cur.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
-
-    def execute_many(self, cur: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        if self.postgres:
-            from psycopg2.extras import execute_batch  # type: ignore[import-untyped,unused-ignore]
-
-            execute_batch(cur, sql, rows, page_size=500)
-        else:
-            cur.executemany(sql, rows)
-
-
-def _bind_args(url: str | None, data_dir: Path) -> dict[str, Any]:
-    if not url:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        return {
-            "provider": "sqlite",
-            "filename": str((data_dir / "fleet.db").resolve()),
-            "create_db": True,
-        }
-    parts = urlsplit(url)
-    if parts.scheme == "sqlite":
-        path = Path(unquote(parts.netloc + parts.path))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return {"provider": "sqlite", "filename": str(path.resolve()), "create_db": True}
-    if parts.scheme in ("postgres", "postgresql"):
-        args: dict[str, Any] = {
-            "provider": "postgres",
-            "user": unquote(parts.username) if parts.username else None,
-            "password": unquote(parts.password) if parts.password else None,
-            "host": parts.hostname,
-            "port": parts.port,
-            "dbname": unquote(parts.path.lstrip("/")) or None,
-        }
-        # libpq parameters such as ``sslmode`` or ``options=-csearch_path=x`` pass through.
-        args.update(parse_qsl(parts.query))
-        return {k: v for k, v in args.items() if v is not None}
-    raise ValueError(f"unsupported database URL scheme {parts.scheme!r} (sqlite or postgres)")
-
-
 def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
@@ -360,7 +97,7 @@ class Store:
     def __init__(self, db: Any, entities: SimpleNamespace) -> None:
         self._db = db
         self._e = entities
-        self._sql = _Dialect(db.provider_name)
+        self._sql = Dialect(db.provider_name)
 
     @classmethod
     def open(cls, url: str | None, data_dir: Path) -> Store:
@@ -384,8 +121,8 @@ class Store:
                 cursor.execute(f"PRAGMA {pragma}")
             cursor.execute("PRAGMA foreign_keys=ON")
 
-        entities = _define_entities(db)
-        db.bind(**_bind_args(url, data_dir))
+        entities = define_entities(db)
+        db.bind(**bind_args(url, data_dir))
         if db.provider_name == "postgres":
             # Pony looks tables up in "public"; follow the connection's search_path instead.
             with orm.db_session:
@@ -403,7 +140,7 @@ class Store:
 
     @db_session
     def add_token(self, name: str, token_hash: str) -> None:
-        self._e.ApiToken(name=name, token_hash=token_hash, created_at=_utcnow())
+        self._e.ApiToken(name=name, token_hash=token_hash, created_at=utcnow())
 
     @db_session
     def token_exists(self, token_hash: str) -> bool:
@@ -411,7 +148,7 @@ class Store:
         token = self._e.ApiToken.get(token_hash=token_hash)
         if token is None:
             return False
-        now = _utcnow()
+        now = utcnow()
         if token.last_used_at is None or now - token.last_used_at >= TOKEN_TOUCH_INTERVAL:
             token.last_used_at = now
         return True
@@ -435,7 +172,7 @@ class Store:
             tags=tuple(v.tags),
             created_at=v.created_at.replace(tzinfo=UTC),
             updated_at=v.updated_at.replace(tzinfo=UTC),
-            last_seen_at=_aware(v.last_seen_at),
+            last_seen_at=aware(v.last_seen_at),
             hostname=v.hostname,
             os_name=v.os_name,
             os_type=v.os_type,
@@ -455,7 +192,7 @@ class Store:
         """Raises ValidationError if a VPS with this name exists."""
         if self._e.Vps.get(name=name) is not None:
             raise _duplicate("VPS", name)
-        now = _utcnow()
+        now = utcnow()
         vps = self._e.Vps(
             name=name, tags=list(tags), secret_hash=secret_hash, created_at=now, updated_at=now
         )
@@ -496,14 +233,14 @@ class Store:
             vps.name = name
         if tags is not None:
             vps.tags = list(tags)
-        vps.updated_at = _utcnow()
+        vps.updated_at = utcnow()
         return self._vps_record(vps)
 
     @db_session
     def set_vps_secret(self, vps_id: int, secret_hash: str) -> None:
         vps = self._vps(vps_id)
         vps.secret_hash = secret_hash
-        vps.updated_at = _utcnow()
+        vps.updated_at = utcnow()
 
     @db_session
     def vps_secret_hashes(self) -> list[tuple[int, str]]:
@@ -537,7 +274,7 @@ class Store:
             arch=arch,
             kernel_version=kernel_version,
             agent_version=agent_version,
-            last_seen_at=_to_db(seen_at),
+            last_seen_at=to_db(seen_at),
         )
 
     @db_session
@@ -572,7 +309,7 @@ class Store:
         """Raises ValidationError if a script with this name exists."""
         if self._e.Script.get(name=name) is not None:
             raise _duplicate("script", name)
-        now = _utcnow()
+        now = utcnow()
         script = self._e.Script(
             name=name, description=description, content=content, created_at=now, updated_at=now
         )
@@ -595,7 +332,7 @@ class Store:
         script = self._script(script_id)
         if name != script.name and self._e.Script.get(name=name) is not None:
             raise _duplicate("script", name)
-        script.set(name=name, description=description, content=content, updated_at=_utcnow())
+        script.set(name=name, description=description, content=content, updated_at=utcnow())
         return self._script_record(script)
 
     @db_session
@@ -620,7 +357,7 @@ class Store:
             timeout_seconds=b.timeout_seconds,
             created_at=b.created_at.replace(tzinfo=UTC),
             updated_at=b.updated_at.replace(tzinfo=UTC),
-            completed_at=_aware(b.completed_at),
+            completed_at=aware(b.completed_at),
             counts=counts,
             children=children,
         )
@@ -712,8 +449,8 @@ class Store:
             script_id=script_id,
             working_directory=working_directory,
             timeout_seconds=timeout_seconds,
-            created_at=_to_db(now),
-            updated_at=_to_db(now),
+            created_at=to_db(now),
+            updated_at=to_db(now),
         )
         orm.flush()  # the children's foreign key needs the batch row
         sql, at, pending = self._sql, self._sql.dt(now), ChildStatus.PENDING.value

@@ -17,6 +17,7 @@ from fleet.core._errors import NotFound, ValidationError
 from fleet.core._status import BatchStatus, ChildStatus
 from fleet.server import store as store_module
 from fleet.server.dbthread import DbThread, open_db_thread
+from fleet.server.schema import bind_args
 from fleet.server.store import (
     UNSET,
     BatchRecord,
@@ -24,7 +25,6 @@ from fleet.server.store import (
     ChildUpdate,
     Store,
     VpsRecord,
-    _bind_args,
 )
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -85,7 +85,7 @@ def test_unknown_scheme_is_refused(tmp_path: Path) -> None:
 
 
 def test_postgres_url_parsing(tmp_path: Path) -> None:
-    args = _bind_args("postgresql://fl%40t:p%2Fw@db.example:6543/fleet?sslmode=require", tmp_path)
+    args = bind_args("postgresql://fl%40t:p%2Fw@db.example:6543/fleet?sslmode=require", tmp_path)
     assert args == {
         "provider": "postgres",
         "user": "fl@t",
@@ -95,7 +95,7 @@ def test_postgres_url_parsing(tmp_path: Path) -> None:
         "dbname": "fleet",
         "sslmode": "require",
     }
-    assert _bind_args("postgres://h/db", tmp_path) == {
+    assert bind_args("postgres://h/db", tmp_path) == {
         "provider": "postgres",
         "host": "h",
         "dbname": "db",
@@ -142,7 +142,7 @@ def test_tokens(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     assert _last_used(store, "hash-1") is None
 
     clock = [datetime(2024, 1, 1)]
-    monkeypatch.setattr(store_module, "_utcnow", lambda: clock[0])
+    monkeypatch.setattr(store_module, "utcnow", lambda: clock[0])
     assert store.token_exists("hash-1")
     assert _last_used(store, "hash-1") == datetime(2024, 1, 1)
     clock[0] += timedelta(seconds=59)

@@ -1,0 +1,129 @@
+"""Plain records the store returns and the partial updates it applies (no Pony here)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from fleet.core._status import BatchStatus, ChildStatus
+
+__all__ = [
+    "UNSET",
+    "BatchRecord",
+    "BatchUpdate",
+    "ChildRecord",
+    "ChildUpdate",
+    "ScriptRecord",
+    "VpsRecord",
+]
+
+
+class _Unset(enum.Enum):
+    UNSET = "UNSET"
+
+
+UNSET: Final = _Unset.UNSET
+"""Marks a ``ChildUpdate`` field that may be set to ``None`` as "leave unchanged"."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class VpsRecord:
+    id: int
+    name: str
+    tags: tuple[str, ...]
+    created_at: datetime
+    updated_at: datetime
+    last_seen_at: datetime | None
+    hostname: str | None
+    os_name: str | None
+    os_type: str | None
+    arch: str | None
+    kernel_version: str | None
+    agent_version: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScriptRecord:
+    id: int
+    name: str
+    description: str
+    content: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChildRecord:
+    id: str
+    batch_id: str
+    vps_id: int
+    vps_name: str
+    status: ChildStatus
+    exit_code: int | None
+    error_message: str | None
+    stdout_log_path: str | None
+    stderr_log_path: str | None
+    last_output_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    agent_started_at: datetime | None
+    agent_completed_at: datetime | None
+    stdout_summary: tuple[str, ...]
+    stderr_summary: tuple[str, ...]
+    stdout_bytes: int
+    stderr_bytes: int
+    truncated: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """One batch. ``children`` is empty when not loaded (``list_batches``); ``counts`` maps each
+    child status value present in the batch to its number of children, and is always filled."""
+
+    id: str
+    payload: dict[str, Any]
+    status: BatchStatus
+    execution_alias: str | None
+    user_id: str
+    command_type: str
+    command_content: str
+    script_id: int | None
+    working_directory: str | None
+    timeout_seconds: int
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    counts: dict[str, int]
+    children: tuple[ChildRecord, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChildUpdate:
+    """A partial update of one child: ``None`` (``UNSET`` where ``None`` is a value) = unchanged."""
+
+    child_id: str
+    status: ChildStatus | None = None
+    exit_code: int | _Unset | None = UNSET
+    error_message: str | _Unset | None = UNSET
+    last_output_at: datetime | None = None
+    agent_started_at: datetime | None = None
+    agent_completed_at: datetime | None = None
+    stdout_summary: Sequence[str] | None = None
+    stderr_summary: Sequence[str] | None = None
+    stdout_bytes: int | None = None
+    stderr_bytes: int | None = None
+    truncated: bool | None = None
+    updated_at: datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchUpdate:
+    """A partial update of one batch: ``None`` = unchanged."""
+
+    batch_id: str
+    status: BatchStatus | None = None
+    updated_at: datetime | None = None
+    completed_at: datetime | None = None

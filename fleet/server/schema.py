@@ -1,0 +1,179 @@
+"""The store's schema (Pony entities) and what differs between databases (binding, SQL)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from pony import orm
+from pony.orm import Json, LongStr, PrimaryKey, Required, Set
+
+__all__ = ["Dialect", "aware", "bind_args", "define_entities", "to_db", "utcnow"]
+
+
+def to_db(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def aware(value: datetime | None) -> datetime | None:
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def define_entities(db: Any) -> SimpleNamespace:
+    """Define the entities on ``db``; table and column names are lower-case for PostgreSQL."""
+
+    class Vps(db.Entity):  # type: ignore[misc]
+        _table_ = "vps"
+        id = PrimaryKey(int, auto=True)
+        name = Required(str, unique=True)
+        tags = Required(Json)
+        secret_hash = Required(str)
+        created_at = Required(datetime)
+        updated_at = Required(datetime)
+        last_seen_at = orm.Optional(datetime)
+        hostname = orm.Optional(str, nullable=True)
+        os_name = orm.Optional(str, nullable=True)
+        os_type = orm.Optional(str, nullable=True)
+        arch = orm.Optional(str, nullable=True)
+        kernel_version = orm.Optional(str, nullable=True)
+        agent_version = orm.Optional(str, nullable=True)
+
+    class Script(db.Entity):  # type: ignore[misc]
+        _table_ = "script"
+        id = PrimaryKey(int, auto=True)
+        name = Required(str, unique=True)
+        description = orm.Optional(str, autostrip=False)
+        content = orm.Optional(LongStr, autostrip=False)
+        created_at = Required(datetime)
+        updated_at = Required(datetime)
+
+    class ApiToken(db.Entity):  # type: ignore[misc]
+        _table_ = "api_token"
+        id = PrimaryKey(int, auto=True)
+        name = Required(str)
+        token_hash = Required(str, unique=True)
+        created_at = Required(datetime)
+        last_used_at = orm.Optional(datetime)
+
+    class Batch(db.Entity):  # type: ignore[misc]
+        _table_ = "batch_command_task"
+        id = PrimaryKey(str, 36)
+        original_request_payload = Required(Json)
+        status = Required(str)
+        execution_alias = orm.Optional(str, nullable=True)
+        user_id = orm.Optional(str)
+        command_content = orm.Optional(LongStr, autostrip=False)
+        command_type = Required(str)
+        script_id = orm.Optional(int)
+        working_directory = orm.Optional(str, nullable=True, autostrip=False)
+        timeout_seconds = Required(int)
+        created_at = Required(datetime, index=True)
+        updated_at = Required(datetime)
+        completed_at = orm.Optional(datetime)
+        children = Set("Child")
+
+    class Child(db.Entity):  # type: ignore[misc]
+        _table_ = "child_command_task"
+        id = PrimaryKey(str, 36)
+        batch = Required(Batch, column="batch_id", index=True)
+        vps_id = Required(int, index=True)
+        vps_name = Required(str)
+        status = Required(str)
+        exit_code = orm.Optional(int)
+        error_message = orm.Optional(LongStr, nullable=True, autostrip=False)
+        stdout_log_path = orm.Optional(str, nullable=True)
+        stderr_log_path = orm.Optional(str, nullable=True)
+        last_output_at = orm.Optional(datetime)
+        created_at = Required(datetime)
+        updated_at = Required(datetime)
+        agent_started_at = orm.Optional(datetime)
+        agent_completed_at = orm.Optional(datetime)
+        stdout_summary = Required(Json, default=[])
+        stderr_summary = Required(Json, default=[])
+        stdout_bytes = Required(int, default=0)
+        stderr_bytes = Required(int, default=0)
+        truncated = Required(bool, default=False)
+
+    return SimpleNamespace(Vps=Vps, Script=Script, ApiToken=ApiToken, Batch=Batch, Child=Child)
+
+
+class Dialect:
+    """The little SQL that differs between SQLite (sqlite3) and PostgreSQL (psycopg2)."""
+
+    def __init__(self, provider_name: str) -> None:
+        self.postgres = provider_name == "postgres"
+        self.ph = "%s" if self.postgres else "?"
+
+    def dt(self, value: datetime | None) -> Any:
+        if value is None:
+            return None
+        naive = to_db(value)
+        return naive if self.postgres else naive.isoformat(" ", timespec="microseconds")
+
+    def dt_out(self, value: Any) -> datetime | None:
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return aware(value)
+
+    def dt_req(self, value: Any) -> datetime:
+        out = self.dt_out(value)
+        assert out is not None
+        return out
+
+    def json_out(self, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    def insert_many(self, cur: Any, table: str, cols: str, rows: list[tuple[Any, ...]]) -> None:
+        if self.postgres:
+            from psycopg2.extras import execute_values  # type: ignore[import-untyped,unused-ignore]
+
+            execute_values(cur, f"INSERT INTO {table} ({cols}) VALUES %s", rows, page_size=1000)
+        else:
+            marks = ", ".join("?" * (cols.count(",") + 1))
+            cur.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
+
+    def execute_many(self, cur: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if self.postgres:
+            from psycopg2.extras import execute_batch  # type: ignore[import-untyped,unused-ignore]
+
+            execute_batch(cur, sql, rows, page_size=500)
+        else:
+            cur.executemany(sql, rows)
+
+
+def bind_args(url: str | None, data_dir: Path) -> dict[str, Any]:
+    if not url:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return {
+            "provider": "sqlite",
+            "filename": str((data_dir / "fleet.db").resolve()),
+            "create_db": True,
+        }
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        path = Path(unquote(parts.netloc + parts.path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return {"provider": "sqlite", "filename": str(path.resolve()), "create_db": True}
+    if parts.scheme in ("postgres", "postgresql"):
+        args: dict[str, Any] = {
+            "provider": "postgres",
+            "user": unquote(parts.username) if parts.username else None,
+            "password": unquote(parts.password) if parts.password else None,
+            "host": parts.hostname,
+            "port": parts.port,
+            "dbname": unquote(parts.path.lstrip("/")) or None,
+        }
+        # libpq parameters such as ``sslmode`` or ``options=-csearch_path=x`` pass through.
+        args.update(parse_qsl(parts.query))
+        return {k: v for k, v in args.items() if v is not None}
+    raise ValueError(f"unsupported database URL scheme {parts.scheme!r} (sqlite or postgres)")
