@@ -37,7 +37,8 @@ import trio
 import trio_asyncio
 from grpclib.config import Configuration
 from grpclib.const import Status
-from grpclib.exceptions import StreamTerminatedError
+from grpclib.encoding.proto import ProtoCodec
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 from h2.exceptions import StreamClosedError
 
 from fleet.proto import agent_service as pb
@@ -51,6 +52,19 @@ logger = logging.getLogger(__name__)
 
 METHOD_PATH = "/agent_service.AgentCommunicationService/EstablishCommunicationStream"
 _WRITE_BATCH = 256
+
+
+class _Codec(ProtoCodec):
+    """grpclib's protobuf codec, but a frame that does not parse is the peer's error
+    (INVALID_ARGUMENT, logged at info) rather than an application error with a traceback."""
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        try:
+            return message_type.FromString(data)
+        except Exception as exc:  # betterproto2 raises several types on garbage
+            raise GRPCError(
+                Status.INVALID_ARGUMENT, f"malformed {message_type.__name__}: {exc!r}"[:200]
+            ) from exc
 
 
 def open_loop() -> Any:
@@ -194,6 +208,9 @@ class RpcServer:
             await self._session(stream)
         except (StreamTerminatedError, ConnectionError) as exc:
             logger.debug("agent stream ended: %s", exc)
+        except GRPCError as exc:  # a malformed frame: end this stream with its status
+            logger.info("agent stream ended: %s %s", exc.status.name, exc.message)
+            raise
         finally:
             self._handlers.discard(task)
 
@@ -367,6 +384,7 @@ async def _start(
 ) -> grpclib.server.Server:
     server = grpclib.server.Server(
         [service],
+        codec=_Codec(),
         config=Configuration(
             _keepalive_time=config.keepalive_s,
             _keepalive_timeout=config.keepalive_timeout_s,

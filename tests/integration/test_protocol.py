@@ -209,3 +209,52 @@ async def test_unreachable_at_dispatch_is_failed_to_start(
         batch = await wait_batch(server, batch_id)
         assert batch["overall_status"] == "FAILED_TO_START"
         assert batch["tasks"][0]["status"] == "AGENT_UNREACHABLE"
+
+
+class _Garbage:
+    """A "message" whose bytes are not a valid MessageToServer."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def SerializeToString(self) -> bytes:
+        return self.data
+
+
+async def test_malformed_frame_ends_only_that_stream(
+    server: Endpoints, client: httpx.AsyncClient
+) -> None:
+    import grpclib.client
+    import grpclib.const
+    import trio_asyncio
+    from grpclib.exceptions import GRPCError
+
+    async def send_garbage(host: str, port: int) -> str:
+        channel = grpclib.client.Channel(host, port)
+        try:
+            async with channel.request(
+                "/agent_service.AgentCommunicationService/EstablishCommunicationStream",
+                grpclib.const.Cardinality.STREAM_STREAM,
+                _Garbage,
+                pb.MessageToAgent,
+            ) as stream:
+                await stream.send_message(_Garbage(b"\x0a\xff\xff\xff\xff\xff"), end=True)
+                try:
+                    await stream.recv_message()
+                except GRPCError as exc:
+                    return exc.status.name
+                return "no error"
+        finally:
+            channel.close()
+
+    with trio.fail_after(10):
+        host, port = server.grpc_address.rsplit(":", 1)
+        status = await trio_asyncio.aio_as_trio(send_garbage)(host, int(port))
+        assert status == "INVALID_ARGUMENT"
+        # The server keeps serving: a well-behaved agent still connects and works.
+        vps, agent = await _connected(server, client, "after-garbage")
+        batch_id = await _run(client, "x", vps["id"])
+        request = await agent.receive_payload("batch_agent_command_request")
+        await agent.send(FakeAgent.result(request.command_id, 1, 0))
+        assert (await wait_batch(server, batch_id))["overall_status"] == "COMPLETED_SUCCESSFULLY"
+        await agent.close()
