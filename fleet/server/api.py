@@ -91,6 +91,8 @@ async def json_body() -> Any:
         raise ApiError(400, "bad_request", "the body is not UTF-8") from exc
     except json.JSONDecodeError as exc:
         raise ApiError(400, "bad_request", f"malformed JSON: {exc.msg} at {exc.pos}") from exc
+    except RecursionError as exc:
+        raise ApiError(400, "bad_request", "the JSON body is nested too deeply") from exc
 
 
 def int_arg(name: str, default: int, *, low: int, high: int) -> int:

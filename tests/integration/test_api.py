@@ -267,3 +267,47 @@ async def test_unknown_routes_and_methods_answer_json(client: httpx.AsyncClient)
         wrong = await client.delete("/api/batch_commands")
         assert wrong.status_code == 405
         assert wrong.json()["error"]
+
+
+NASTY_BODIES = [
+    b"[" * 100_000 + b"]" * 100_000,
+    b"null",
+    b"0",
+    b'"x"',
+    b'{"name": "\\ud800"}',
+    b'{"name": {"a": 1}, "tags": [null]}',
+    b'{"name": "x", "tags": ["\\u0000"]}',
+    b'{"command_content": "\\ud800", "target_vps_ids": [1]}',
+    b'{"command_content": "x", "target_vps_ids": [1e308]}',
+    b'{"command_content": "x", "target_vps_ids": [99999999999999999999999]}',
+    b'{"command_content": "x", "target_vps_ids": [1], "timeout_seconds": 1e400}',
+    b'{"script_id": 1e3, "target_vps_ids": [1]}',
+    b'{"name": "s", "description": "\\ud800", "content": "a"}',
+    b'{"token": 5}',
+]
+
+
+async def test_no_body_ever_gets_a_500(client: httpx.AsyncClient) -> None:
+    with trio.fail_after(30):
+        await client.post("/api/vps", json={"name": "v"})
+        await client.post("/api/scripts", json={"name": "s", "content": "x"})
+        paths = [
+            "/api/vps",
+            "/api/vps/1",
+            "/api/vps/1/rotate_secret",
+            "/api/scripts",
+            "/api/scripts/1",
+            "/api/batch_commands",
+            "/api/batch_commands/x/terminate",
+            "/api/login",
+        ]
+        bad = []
+        for path in paths:
+            for body in NASTY_BODIES:
+                for method in ("POST", "PUT", "PATCH"):
+                    response = await client.request(
+                        method, path, content=body, headers={"content-type": "application/json"}
+                    )
+                    if response.status_code >= 500:
+                        bad.append((method, path, body[:30], response.status_code))
+        assert not bad
