@@ -7,6 +7,11 @@ Measured per round: connect time (``go`` → every stream authenticated), server
 streams connected (``VmRSS``, 2 s after the last connect) against the RSS before, and POST →
 final of a 10,000-target ``true`` batch as a feed subscriber sees it. Between rounds the
 generators exit and the server sees every stream close. ``--quick``: 2,000 agents, 1 round.
+
+Each round also runs a second batch with nobody subscribed to its feed (a UI watching a
+10,000-task batch makes the server build a 10,000-task snapshot and an event per change): its
+POST → final is the batch's ``completed_at`` (server clock), found by polling the one-line
+summary ``GET /api/batch_commands?limit=1`` every 0.2 s.
 """
 
 from __future__ import annotations
@@ -112,6 +117,16 @@ async def run(
                     c0 = cpu_s(server.pid)
                     batch = await timed_batch(api, "true", ids, timeout=600)
                     batch_cpu = cpu_s(server.pid) - c0
+                    await trio.sleep(2.0)
+                    c0 = cpu_s(server.pid)
+                    quiet = await timed_batch(
+                        api, "true", ids, timeout=600, poll=0.2, poll_list=True, fetch_view=False
+                    )
+                    quiet_cpu = cpu_s(server.pid) - c0
+                    log(
+                        f"scale round {r + 1}/{rounds}: without a feed subscriber, final in "
+                        f"{quiet.final_s:.2f} s ({quiet.status})"
+                    )
                     ok = sum(1 for t in batch.view["tasks"] if t["status"] == "SUCCESS")
                     log(
                         f"scale round {r + 1}/{rounds}: batch final in {batch.final_s:.2f} s "
@@ -129,6 +144,8 @@ async def run(
                             "batch_final_s": batch.final_s,
                             "batch_post_s": batch.post_s,
                             "batch_server_cpu_s": batch_cpu,
+                            "batch_final_unwatched_s": quiet.final_s,
+                            "batch_unwatched_server_cpu_s": quiet_cpu,
                             "child_p50_s": percentile(batch.child_latency_s, 50),
                             "child_p99_s": percentile(batch.child_latency_s, 99),
                             "generators_rss_mib": group.rss_mib(),
@@ -160,6 +177,10 @@ async def run(
         "batch_final_s": median([s["batch_final_s"] for s in samples]),
         "batch_post_s": median([s["batch_post_s"] for s in samples]),
         "batch_server_cpu_s": median([s["batch_server_cpu_s"] for s in samples]),
+        "batch_final_unwatched_s": median([s["batch_final_unwatched_s"] for s in samples]),
+        "batch_unwatched_server_cpu_s": median(
+            [s["batch_unwatched_server_cpu_s"] for s in samples]
+        ),
         "child_p50_s": median([s["child_p50_s"] for s in samples]),
         "child_p99_s": median([s["child_p99_s"] for s in samples]),
         "samples": samples,
@@ -167,33 +188,40 @@ async def run(
 
 
 def render(result: dict[str, Any]) -> str:
+    r = result
     return (
-        f"scale ({result['agents']:,} protocol-level agents in {result['generator_processes']} "
-        f"generator processes; medians of {result['rounds']} rounds)\n"
+        f"scale ({r['agents']:,} protocol-level agents in {r['generator_processes']} "
+        f"generator processes; medians of {r['rounds']} rounds)\n"
         + table(
-            [
-                "register (REST)",
-                "connect",
-                "srv CPU connect",
-                "srv RSS connected",
-                "per agent",
-                "batch final",
-                "POST",
-                "child p50/p99",
-                "srv CPU batch",
-            ],
+            ["register (REST)", "connect", "srv CPU connect", "srv RSS connected", "per agent"],
             [
                 [
-                    f"{fmt(result['register_s'], 's', 1)} ({result['register_per_s']:.0f}/s)",
-                    fmt(result["connect_s"], "s", 2),
-                    fmt(result["connect_server_cpu_s"], "s", 1),
-                    fmt(result["server_rss_connected_mib"], "MiB", 0),
-                    fmt(result["server_kib_per_agent"], "KiB", 1),
-                    fmt(result["batch_final_s"], "s", 2),
-                    fmt(result["batch_post_s"], "s", 2),
-                    f"{fmt(result['child_p50_s'], '', 2)}/{fmt(result['child_p99_s'], '', 2)} s",
-                    fmt(result["batch_server_cpu_s"], "s", 1),
+                    f"{fmt(r['register_s'], 's', 1)} ({r['register_per_s']:.0f}/s)",
+                    fmt(r["connect_s"], "s", 2),
+                    fmt(r["connect_server_cpu_s"], "s", 1),
+                    fmt(r["server_rss_connected_mib"], "MiB", 0),
+                    fmt(r["server_kib_per_agent"], "KiB", 1),
                 ]
+            ],
+        )
+        + "\n\n"
+        + table(
+            [f"{r['agents']:,}-target batch", "POST → final", "POST", "child p50/p99", "srv CPU"],
+            [
+                [
+                    "with a feed subscriber",
+                    fmt(r["batch_final_s"], "s", 2),
+                    fmt(r["batch_post_s"], "s", 2),
+                    f"{fmt(r['child_p50_s'], '', 2)}/{fmt(r['child_p99_s'], '', 2)} s",
+                    fmt(r["batch_server_cpu_s"], "s", 1),
+                ],
+                [
+                    "nobody subscribed (completed_at)",
+                    fmt(r["batch_final_unwatched_s"], "s", 2),
+                    "",
+                    "",
+                    fmt(r["batch_unwatched_server_cpu_s"], "s", 1),
+                ],
             ],
         )
     )

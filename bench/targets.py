@@ -96,11 +96,12 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         add("10,000 agents: server RSS", "≤ 1 GiB", scale.get("error", "not measured"), None)
     if "batch_final_s" in scale:
         n = scale["agents"]
-        value = scale["batch_final_s"]
+        watched = scale["batch_final_s"]
+        value = scale.get("batch_final_unwatched_s", watched)
         add(
             f"{n:,}-target batch final",
             "≤ 5 s",
-            f"{value:.2f} s",
+            f"{value:.2f} s unwatched, {watched:.2f} s with a feed subscriber",
             value <= 5 if n >= 10_000 else None,
         )
     else:
