@@ -26,6 +26,8 @@ Effects tell the owner what to do: ``SendCommand`` (once per child, from ``start
 
 from __future__ import annotations
 
+import heapq
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -133,6 +135,12 @@ class Batch:
         self.completed_at: float | None = None
         self.updated_at: float | None = None
         self._started = False
+        # Kept up to date on every change so that an event costs O(1) (O(log n) with a
+        # deadline), not a scan of every child: a batch may have 10,000 of them.
+        self._counts: Counter[ChildStatus] = Counter()
+        self._sent_any = False
+        self._deadlines: list[tuple[float, str]] = []  # a heap; stale entries are skipped
+        self._recount()
 
     @property
     def is_final(self) -> bool:
@@ -140,10 +148,7 @@ class Batch:
 
     def counts(self) -> dict[str, int]:
         """How many children are in each status (statuses with none are left out)."""
-        out: dict[str, int] = {}
-        for task in self.children.values():
-            out[task.status.value] = out.get(task.status.value, 0) + 1
-        return out
+        return {status.value: n for status, n in self._counts.items() if n}
 
     def start(self, *, now: float) -> list[Effect]:
         """Ask for every ``PENDING`` child's command to be sent. Call once.
@@ -171,6 +176,7 @@ class Batch:
         if self._started:
             raise InvalidTransition(self.status, "resume")
         self._started = True
+        self._recount()  # the children were restored after this batch was built
         if user_terminated:
             self.user_terminated = True
             self.status = B.TERMINATING
@@ -210,15 +216,20 @@ class Batch:
 
     def next_deadline(self) -> float | None:
         """The earliest time at which a ``Tick`` would change something, or ``None``."""
-        deadlines = [d for t in self.children.values() if (d := self._deadline(t)) is not None]
-        return min(deadlines, default=None)
+        while self._deadlines:
+            deadline, child_id = self._deadlines[0]
+            if self._deadline(self.children[child_id]) == deadline:
+                return deadline
+            heapq.heappop(self._deadlines)  # stale: that child's deadline moved or ended
+        return None
 
     # --- internals ---------------------------------------------------------------------------
 
     def _child_event(self, event: ChildEvent, now: float, effects: list[Effect]) -> None:
         task = self.children[event.child_id]
-        was, was_lost = task.status, task.lost_since
+        was, was_lost, was_deadline = task.status, task.lost_since, self._deadline(task)
         changed = task.handle(event, now=now)
+        self._account(task, was, was_deadline)
         if isinstance(event, TerminateChild) and was is not task.status and not task.is_terminal:
             effects.append(SendTerminate(task.child_id, task.vps_id))
         # ``lost_since`` is not shown by the API but must be persisted (both ways) so that the
@@ -240,10 +251,12 @@ class Batch:
             self._child_event(TerminateChild(task.child_id), now, effects)
 
     def _tick(self, now: float, effects: list[Effect]) -> None:
-        for task in self.children.values():
-            deadline = self._deadline(task)
-            if deadline is None or now < deadline:
-                continue
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, child_id = heapq.heappop(self._deadlines)
+            task = self.children[child_id]
+            if self._deadline(task) != deadline:
+                continue  # stale entry
+            was = task.status
             if task.lost_since is not None:
                 grace = self.timers.reconnect_grace_s
                 task.expire(
@@ -259,7 +272,31 @@ class Batch:
                     now=now,
                 )
                 effects.append(SendTerminate(task.child_id, task.vps_id))
+            self._account(task, was, deadline)
             effects.append(ChildChanged(task.child_id))
+
+    def _account(self, task: ChildTask, was: ChildStatus, was_deadline: float | None) -> None:
+        """Update the counters and the deadline heap after ``task`` changed."""
+        if task.status is not was:
+            self._counts[was] -= 1
+            self._counts[task.status] += 1
+        if task.sent_at is not None:
+            self._sent_any = True
+        if self._deadline(task) != was_deadline:
+            self._push_deadline(task)
+
+    def _recount(self) -> None:
+        tasks = self.children.values()
+        self._counts = Counter(t.status for t in tasks)
+        self._sent_any = any(t.sent_at is not None for t in tasks)
+        self._deadlines = []
+        for task in tasks:
+            self._push_deadline(task)
+
+    def _push_deadline(self, task: ChildTask) -> None:
+        deadline = self._deadline(task)
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, task.child_id))
 
     def _deadline(self, task: ChildTask) -> float | None:
         if task.is_terminal:
@@ -272,14 +309,11 @@ class Batch:
 
     def _settle(self, now: float, effects: list[Effect]) -> None:
         before = self.status
-        tasks = self.children.values()
-        if self.status is B.PENDING and (
-            all(t.status is not ChildStatus.PENDING for t in tasks)
-            or any(t.sent_at is not None for t in tasks)
-        ):
+        if self.status is B.PENDING and (not self._counts[ChildStatus.PENDING] or self._sent_any):
             self.status = B.IN_PROGRESS
-        if not self.is_final and all(t.is_terminal for t in tasks):
-            self.status = final_status(tasks, user_terminated=self.user_terminated)
+        live = sum(n for status, n in self._counts.items() if not status.is_terminal)
+        if not self.is_final and not live:
+            self.status = final_status(self.children.values(), user_terminated=self.user_terminated)
             self.completed_at = now
         if self.status is not before:
             self.updated_at = now

@@ -247,6 +247,14 @@ def test_random_event_sequences(
 
 
 def check_invariants(batch: Batch, *, user_terminated: bool, ever_dispatched: bool) -> None:
+    # The incremental bookkeeping agrees with a scan of every child.
+    tasks = batch.children.values()
+    scanned: dict[str, int] = {}
+    for t in tasks:
+        scanned[t.status.value] = scanned.get(t.status.value, 0) + 1
+    assert batch.counts() == scanned
+    deadlines = [d for t in tasks if (d := batch._deadline(t)) is not None]
+    assert batch.next_deadline() == min(deadlines, default=None)
     # The batch is final exactly when every child is, and then with the right status.
     assert batch.is_final == all(t.is_terminal for t in batch.children.values())
     if batch.is_final:
