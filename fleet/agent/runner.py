@@ -30,6 +30,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -255,19 +256,55 @@ def _group_alive(group: int) -> bool:
         pass
     # killpg also finds zombies: orphans that an init which reaps slowly (or never, in some
     # containers) has not collected. Those are gone for our purposes.
-    try:
-        pids = [name for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return True
-    for pid in pids:
+    return group in _RUNNING_GROUPS.get()
+
+
+class _RunningGroups:
+    """Process groups with a running (non-zombie) member, from one scan of ``/proc``.
+
+    The scan reads every process's stat file, so it is shared: however many commands are
+    being stopped at once (terminating a batch stops them all), ``/proc`` is read at most once
+    per ``max_age_s``. It caches what the kernel says, so sharing it between the agents of one
+    process is harmless.
+    """
+
+    def __init__(self, max_age_s: float) -> None:
+        self._max_age_s = max_age_s
+        self._at = -math.inf
+        self._groups: frozenset[int] = frozenset()
+
+    def get(self) -> frozenset[int]:
+        now = time.monotonic()
+        if now - self._at >= self._max_age_s:
+            self._groups = self._scan()
+            self._at = time.monotonic()
+        return self._groups
+
+    @staticmethod
+    def _scan() -> frozenset[int]:
+        groups = set()
         try:
-            with open(f"/proc/{pid}/stat", "rb") as file:
-                fields = file.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group and fields[0] != b"Z":  # fields: state, ppid, pgrp, ...
-            return True
-    return False
+            pids = [name for name in os.listdir("/proc") if name.isdigit()]
+        except OSError:  # no /proc: trust killpg (zombies then count as running)
+            return _ALL_GROUPS
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as file:
+                    fields = file.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != b"Z":  # fields: state, ppid, pgrp, ...
+                groups.add(int(fields[2]))
+        return frozenset(groups)
+
+
+class _Everything(frozenset[int]):
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_ALL_GROUPS = _Everything()
+_RUNNING_GROUPS = _RunningGroups(max_age_s=0.04)
 
 
 class _PipeReader:

@@ -17,7 +17,7 @@ from .api import ApiError, Services, int_arg, json_body, json_response
 from .feed import Overrun, Subscription
 from .logs import STREAMS
 from .store import BatchRecord, Store
-from .views import batch_summary_view, batch_view, vps_view
+from .views import batch_summary_view, batch_view, from_ts, vps_view
 
 __all__ = ["register"]
 
@@ -81,8 +81,13 @@ def register(app: QuartTrio, services: Services) -> None:
         for record in records:
             run = supervisor.get(record.id)
             if run is not None:
+                live = run.batch
                 record = dataclasses.replace(
-                    record, status=run.batch.status, counts=run.batch.counts()
+                    record,
+                    status=live.status,
+                    counts=live.counts(),
+                    updated_at=from_ts(live.updated_at) or record.updated_at,
+                    completed_at=from_ts(live.completed_at),
                 )
             items.append(batch_summary_view(record))
         return json_response({"items": items, "total": total, "limit": limit, "offset": offset})

@@ -24,7 +24,7 @@ from fleet import core
 from fleet.proto import agent_service as pb
 
 from .agents import AgentRegistry, AgentSession, SessionClosed
-from .logs import LogSink
+from .logs import STREAMS, LogSink
 from .store import BatchRecord, BatchUpdate, ChildRecord, ChildUpdate
 from .views import batch_view, child_update_event, from_ts, iso
 from .writeback import WriteBack
@@ -112,19 +112,7 @@ class BatchRun:
             tasks.append(task)
         self.batch = core.Batch(record.id, tasks, timeout_s=record.timeout_seconds, timers=s.timers)
         self._records = {c.id: c for c in record.children}
-        self._sinks: dict[tuple[str, str], LogSink] = {}
-        for c in record.children:
-            for stream, path, summary in (
-                ("stdout", c.stdout_log_path, c.stdout_summary),
-                ("stderr", c.stderr_log_path, c.stderr_summary),
-            ):
-                assert path is not None
-                self._sinks[(c.id, stream)] = LogSink(
-                    Path(path),
-                    cap=s.output_cap,
-                    summary_lines=s.summary_lines,
-                    summary=list(summary) if resumed else None,
-                )
+        self._sinks: dict[tuple[str, str], LogSink] = {}  # opened at a stream's first output
         self._scopes: dict[str, trio.CancelScope] = {}
         self._dirty: set[str] = set()  # children whose output summary is not yet recorded
         self._done = {c.id: trio.Event() for c in record.children}
@@ -246,15 +234,18 @@ class BatchRun:
                 agent_started_at=record.agent_started_at,
                 agent_completed_at=record.agent_completed_at,
                 updated_at=record.updated_at,
-                **self._output_fields(child_id),
+                **self._output_update(child_id),
             )
         )
-        self._sup.feed.publish(self.id, child_update_event(record))
+        if self._sup.feed.has_subscribers(self.id):
+            self._sup.feed.publish(self.id, child_update_event(record))
         self._changed.set()
         if task.is_terminal:
             self._done[child_id].set()
-            for stream in ("stdout", "stderr"):
-                self._sinks[(child_id, stream)].close()
+            for stream in STREAMS:
+                sink = self._sinks.get((child_id, stream))
+                if sink is not None:
+                    sink.close()
 
     def _batch_changed(self) -> None:
         b = self.batch
@@ -280,15 +271,44 @@ class BatchRun:
             self._changed.set()
             self._sup.batch_finished(self)
 
+    def _sink(self, child_id: str, stream: str) -> LogSink:
+        sink = self._sinks.get((child_id, stream))
+        if sink is None:
+            record = self._records[child_id]
+            path = record.stdout_log_path if stream == "stdout" else record.stderr_log_path
+            summary = record.stdout_summary if stream == "stdout" else record.stderr_summary
+            assert path is not None
+            settings = self._sup.settings
+            sink = self._sinks[(child_id, stream)] = LogSink(
+                Path(path),
+                cap=settings.output_cap,
+                summary_lines=settings.summary_lines,
+                summary=list(summary),
+            )
+        return sink
+
     def _output_fields(self, child_id: str) -> dict[str, Any]:
-        out, err = self._sinks[(child_id, "stdout")], self._sinks[(child_id, "stderr")]
+        """The child's output facts: from its open logs, else as stored."""
+        record = self._records[child_id]
+        fields: dict[str, Any] = {
+            "stdout_summary": record.stdout_summary,
+            "stderr_summary": record.stderr_summary,
+            "stdout_bytes": record.stdout_bytes,
+            "stderr_bytes": record.stderr_bytes,
+            "truncated": record.truncated,
+        }
+        for stream in STREAMS:
+            sink = self._sinks.get((child_id, stream))
+            if sink is not None:
+                fields[f"{stream}_summary"] = tuple(sink.summary.lines())
+                fields[f"{stream}_bytes"] = sink.size
+                fields["truncated"] = fields["truncated"] or sink.truncated
+        return fields
+
+    def _output_update(self, child_id: str) -> dict[str, Any]:
         self._dirty.discard(child_id)
         return {
-            "stdout_summary": out.summary.lines(),
-            "stderr_summary": err.summary.lines(),
-            "stdout_bytes": out.size,
-            "stderr_bytes": err.size,
-            "truncated": out.truncated or err.truncated,
+            **self._output_fields(child_id),
             "last_output_at": from_ts(self.batch.children[child_id].last_output_at),
         }
 
@@ -296,7 +316,7 @@ class BatchRun:
         """Record summaries of children whose output changed since the last flush."""
         for child_id in list(self._dirty):
             self._sup.writeback.child(
-                ChildUpdate(child_id=child_id, **self._output_fields(child_id))
+                ChildUpdate(child_id=child_id, **self._output_update(child_id))
             )
 
     # --- agent traffic (synchronous, from the router) ----------------------------------------
@@ -320,12 +340,15 @@ class BatchRun:
         task = self.batch.children[out.command_id]
         if task.is_terminal:
             return  # a re-sent chunk after the end: the log is complete
-        written = self._sinks[(out.command_id, stream)].write(out.chunk, out.offset)
-        if written is not None:
-            self._dirty.add(out.command_id)
+        sink = self._sink(out.command_id, stream)
+        written = sink.write(out.chunk, out.offset)
         self._handle(core.OutputSeen(out.command_id))
-        if written is not None and self._sup.feed.has_subscribers(self.id):
-            offset, text = written
+        if written is None:
+            return
+        self._dirty.add(out.command_id)
+        if not self._sup.feed.has_subscribers(self.id):
+            sink.skip()
+        else:
             self._sup.feed.publish(
                 self.id,
                 {
@@ -333,8 +356,8 @@ class BatchRun:
                     "child_command_id": out.command_id,
                     "vps_id": task.vps_id,
                     "stream": stream,
-                    "offset": offset,
-                    "data": text,
+                    "offset": written.offset,
+                    "data": sink.text(written),
                 },
             )
 
@@ -376,7 +399,6 @@ class BatchRun:
         """The child as the API shows it now (live state over the stored record)."""
         task = self.batch.children[child_id]
         base = self._records[child_id]
-        out, err = self._sinks[(child_id, "stdout")], self._sinks[(child_id, "stderr")]
         return dataclasses.replace(
             base,
             status=task.status,
@@ -386,11 +408,7 @@ class BatchRun:
             agent_started_at=from_ts(task.started_at) or base.agent_started_at,
             agent_completed_at=from_ts(task.completed_at) or base.agent_completed_at,
             last_output_at=from_ts(task.last_output_at) or base.last_output_at,
-            stdout_summary=tuple(out.summary.lines()),
-            stderr_summary=tuple(err.summary.lines()),
-            stdout_bytes=out.size,
-            stderr_bytes=err.size,
-            truncated=out.truncated or err.truncated,
+            **self._output_fields(child_id),
         )
 
     def snapshot(self) -> BatchRecord:

@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import codecs
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from fleet.core import OutputSummary, StreamCursor
 
-__all__ = ["LogSink", "log_path"]
+__all__ = ["LogSink", "Written", "log_path"]
 
 logger = logging.getLogger(__name__)
 
 STREAMS = ("stdout", "stderr")
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a chunk added to a log: its bytes at ``offset`` (``truncated``: it hit the cap)."""
+
+    offset: int
+    data: bytes
+    truncated: bool
 
 
 def log_path(logs_dir: Path, batch_id: str, child_id: str, stream: str) -> Path:
@@ -58,8 +68,8 @@ class LogSink:
     def truncated(self) -> bool:
         return self.cursor.truncated
 
-    def write(self, chunk: bytes, offset: int | None) -> tuple[int, str] | None:
-        """Append the new part of ``chunk``; return ``(offset, text)`` of what was new."""
+    def write(self, chunk: bytes, offset: int | None) -> Written | None:
+        """Append the new part of ``chunk``; return what was new (``None``: nothing)."""
         start = self.cursor.position
         accepted = self.cursor.accept(chunk, offset)
         if accepted.gap:
@@ -75,10 +85,19 @@ class LogSink:
                 self._file = open(self.path, "ab", buffering=0)
             self._file.write(accepted.data)
             self.summary.feed(accepted.data)
-        text = self._decoder.decode(accepted.data)
-        if accepted.truncated:
+        return Written(start, accepted.data, accepted.truncated)
+
+    def text(self, written: Written) -> str:
+        """``written`` as text for the live feed (UTF-8 with replacement, split characters
+        joined across chunks). Call for every chunk while someone watches, else ``skip``."""
+        text = self._decoder.decode(written.data)
+        if written.truncated:
             text += f"\n[fleet: output beyond {self.cursor.cap} bytes is not kept]\n"
-        return start, text
+        return text
+
+    def skip(self) -> None:
+        """Nobody watches: decoding is saved; a later watcher starts on a fresh decoder."""
+        self._decoder.reset()
 
     def close(self) -> None:
         if self._file is not None:
