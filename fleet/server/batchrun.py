@@ -224,21 +224,21 @@ class BatchRun:
 
     def _child_changed(self, child_id: str) -> None:
         task = self.batch.children[child_id]
-        record = self.child_record(child_id)
+        # Straight from the task (no full record): this runs for every child of every batch.
         self._sup.writeback.child(
             ChildUpdate(
                 child_id=child_id,
                 status=task.status,
                 exit_code=task.exit_code,
                 error_message=task.error_message,
-                agent_started_at=record.agent_started_at,
-                agent_completed_at=record.agent_completed_at,
-                updated_at=record.updated_at,
-                **self._output_update(child_id),
+                agent_started_at=from_ts(task.started_at),
+                agent_completed_at=from_ts(task.completed_at),
+                updated_at=from_ts(task.updated_at),
+                **(self._output_update(child_id) if child_id in self._dirty else {}),
             )
         )
         if self._sup.feed.has_subscribers(self.id):
-            self._sup.feed.publish(self.id, child_update_event(record))
+            self._sup.feed.publish(self.id, child_update_event(self.child_record(child_id)))
         self._changed.set()
         if task.is_terminal:
             self._done[child_id].set()
