@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from quart import Response, request, send_from_directory, websocket
 from quart_trio import QuartTrio
@@ -149,6 +150,11 @@ def create_app(services: Services) -> QuartTrio:
 
     @app.before_websocket
     async def _authenticate_ws() -> Response | None:
+        # Browsers send cookies with cross-site WebSocket handshakes as far as SameSite allows;
+        # an Origin that is not this server is refused outright (no cross-site hijacking).
+        origin = websocket.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc != websocket.headers.get("Host", ""):
+            return error_response(403, "forbidden", "cross-origin WebSocket refused")
         if _token_ok(services, _presented_token(websocket.headers, websocket.cookies)):
             return None
         return error_response(401, "unauthorized", "a valid API token is required")

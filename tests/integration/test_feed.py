@@ -123,3 +123,16 @@ async def test_stuck_subscriber_is_bounded_and_never_blocks() -> None:
         with pytest.raises(Overrun):
             await stuck.get()
     assert not hub.has_subscribers("b")
+
+
+async def test_cross_origin_websocket_is_refused(server: Endpoints) -> None:
+    with trio.fail_after(10):
+        headers = [("Authorization", f"Bearer {server.token}"), ("Origin", "http://evil.example")]
+        with pytest.raises(ConnectionRejected) as info:
+            async with open_websocket_url(_ws_url(server, "/ws/vps"), extra_headers=headers):
+                pass  # pragma: no cover
+        assert info.value.status_code == 403
+        same = server.http_url  # the UI's own origin is fine
+        headers[1] = ("Origin", same)
+        async with open_websocket_url(_ws_url(server, "/ws/vps"), extra_headers=headers) as ws:
+            assert json.loads(await ws.get_message())["type"] == "VPS_SNAPSHOT"
