@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from typing import TypeVar
 
 import trio
 
@@ -26,13 +27,25 @@ __all__ = ["WriteBack"]
 logger = logging.getLogger(__name__)
 
 
-def _merge(old: ChildUpdate | BatchUpdate, new: ChildUpdate | BatchUpdate) -> ChildUpdate:
+_U = TypeVar("_U", ChildUpdate, BatchUpdate)
+
+
+def _merge(old: _U, new: _U) -> _U:
+    """``old`` with every field that ``new`` sets (later changes win, field by field)."""
     changes = {
-        f.name: getattr(new, f.name)
+        f.name: value
         for f in dataclasses.fields(new)
-        if getattr(new, f.name) is not None and getattr(new, f.name) is not UNSET
+        if (value := getattr(new, f.name)) is not None and value is not UNSET
     }
-    return dataclasses.replace(old, **changes)  # type: ignore[return-value]
+    return dataclasses.replace(old, **changes)
+
+
+def _queue(pending: dict[str, _U], key: str, update: _U, *, older: bool = False) -> None:
+    current = pending.get(key)
+    if current is None:
+        pending[key] = update
+    else:
+        pending[key] = _merge(update, current) if older else _merge(current, update)
 
 
 class WriteBack:
@@ -47,19 +60,14 @@ class WriteBack:
         self._infos: dict[int, tuple[AgentInfo, datetime]] = {}
         self._callbacks: list[Callable[[], None]] = []
         self._wake = trio.Event()
-        self._flushed = trio.Event()
         self.transactions = 0
 
     def child(self, update: ChildUpdate) -> None:
-        old = self._children.get(update.child_id)
-        self._children[update.child_id] = update if old is None else _merge(old, update)
+        _queue(self._children, update.child_id, update)
         self._wake.set()
 
     def batch(self, update: BatchUpdate) -> None:
-        old = self._batches.get(update.batch_id)
-        self._batches[update.batch_id] = (
-            update if old is None else _merge(old, update)  # type: ignore[assignment]
-        )
+        _queue(self._batches, update.batch_id, update)
         self._wake.set()
 
     def vps_seen(self, vps_id: int, at: datetime) -> None:
@@ -88,12 +96,14 @@ class WriteBack:
             if infos:
                 await self._db.run(_record_infos, infos)
         except Exception:
-            # Keep serving: the changes stay queued and the next flush tries again.
+            # Keep serving: the changes go back in the queue, under anything recorded since,
+            # and the next flush tries again.
             logger.exception("store write failed; retrying at the next flush")
             for update in children:
-                self.child(update)
+                _queue(self._children, update.child_id, update, older=True)
             for b in batches:
-                self.batch(b)
+                _queue(self._batches, b.batch_id, b, older=True)
+            self._wake.set()
             self._seen = seen | self._seen
             self._infos = infos | self._infos
             self._callbacks = callbacks + self._callbacks
