@@ -116,7 +116,6 @@ class BatchRun:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._dirty: set[str] = set()  # children whose output summary is not yet recorded
         self._done = {c.id: trio.Event() for c in record.children}
-        self._final = trio.Event()
         self._changed = trio.Event()
         self._resumed = resumed
         self._nursery: trio.Nursery | None = None
@@ -267,7 +266,6 @@ class BatchRun:
             },
         )
         if b.is_final:
-            self._final.set()
             self._changed.set()
             self._sup.batch_finished(self)
 
