@@ -300,7 +300,7 @@ class BatchRun:
             if sink is not None:
                 fields[f"{stream}_summary"] = tuple(sink.summary.lines())
                 fields[f"{stream}_bytes"] = sink.size
-                fields["truncated"] = fields["truncated"] or sink.truncated
+                fields["truncated"] = fields["truncated"] or sink.truncated or bool(sink.error)
         return fields
 
     def _output_update(self, child_id: str) -> dict[str, Any]:

@@ -58,6 +58,7 @@ class LogSink:
         )
         self._file: BinaryIO | None = None
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.error: str | None = None  # set when writing the file failed
 
     @property
     def size(self) -> int:
@@ -80,12 +81,24 @@ class LogSink:
         if not accepted.data and not accepted.truncated:
             return None
         if accepted.data:
+            self._append(accepted.data)
+            self.summary.feed(accepted.data)
+        return Written(start, accepted.data, accepted.truncated)
+
+    def _append(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = open(self.path, "ab", buffering=0)
-            self._file.write(accepted.data)
-            self.summary.feed(accepted.data)
-        return Written(start, accepted.data, accepted.truncated)
+            self._file.write(data)
+        except OSError as exc:  # disk full, permissions: keep serving, say so once
+            self.error = (
+                f"the log could not be written ({exc.strerror or exc}); later output is lost"
+            )
+            logger.error("log=%s %s", self.path, self.error)
+            self.close()
 
     def text(self, written: Written) -> str:
         """``written`` as text for the live feed (UTF-8 with replacement, split characters

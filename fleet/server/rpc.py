@@ -283,7 +283,12 @@ class RpcServer:
                     )
                     session.close("credentials changed mid-stream", Status.PERMISSION_DENIED)
                     return
-                self._hooks.message(session, message)
+                try:
+                    self._hooks.message(session, message)
+                except Exception:  # the outermost boundary: one bad report is not the stream's end
+                    logger.exception(
+                        "vps=%s a report could not be handled; dropped", session.vps_id
+                    )
                 receive = asyncio.ensure_future(stream.recv_message())
         finally:
             if not receive.done():
