@@ -112,6 +112,11 @@ class BatchRun:
             tasks.append(task)
         self.batch = core.Batch(record.id, tasks, timeout_s=record.timeout_seconds, timers=s.timers)
         self._records = {c.id: c for c in record.children}
+        # A VPS's children, so that an agent coming or going costs O(its children), not a scan
+        # of the batch (10,000 agents dropping at once would otherwise be 10⁸ checks).
+        self._by_vps: dict[int, list[core.ChildTask]] = {}
+        for task in self.batch.children.values():
+            self._by_vps.setdefault(task.vps_id, []).append(task)
         self._sinks: dict[tuple[str, str], LogSink] = {}  # opened at a stream's first output
         self._scopes: dict[str, trio.CancelScope] = {}
         self._dirty: set[str] = set()  # children whose output summary is not yet recorded
@@ -368,13 +373,13 @@ class BatchRun:
         return self._handle(core.Finished(result.command_id, status, result.exit_code, error))
 
     def agent_lost(self, vps_id: int) -> None:
-        for task in self.batch.children.values():
-            if task.vps_id == vps_id and not task.is_terminal and task.sent_at is not None:
+        for task in self._by_vps.get(vps_id, ()):
+            if not task.is_terminal and task.sent_at is not None:
                 self._handle(core.AgentLost(task.child_id))
 
     def agent_returned(self, vps_id: int, session: AgentSession) -> None:
-        for task in self.batch.children.values():
-            if task.vps_id != vps_id or task.is_terminal or task.lost_since is None:
+        for task in self._by_vps.get(vps_id, ()):
+            if task.is_terminal or task.lost_since is None:
                 continue
             self._handle(core.AgentReturned(task.child_id))
             if task.status is core.ChildStatus.TERMINATING:
