@@ -258,3 +258,32 @@ async def test_malformed_frame_ends_only_that_stream(
         await agent.send(FakeAgent.result(request.command_id, 1, 0))
         assert (await wait_batch(server, batch_id))["overall_status"] == "COMPLETED_SUCCESSFULLY"
         await agent.close()
+
+
+async def test_each_extension_message_moves_the_child(
+    server: Endpoints, client: httpx.AsyncClient
+) -> None:
+    """ack → AGENT_ACCEPTED, started → EXECUTING, terminate → TERMINATING, result → TERMINATED."""
+    with trio.fail_after(10):
+        vps, agent = await _connected(server, client, "modern")
+        batch_id = await _run(client, "x", vps["id"])
+        request = await agent.receive_payload("batch_agent_command_request")
+        cid = request.command_id
+        await agent.send(
+            pb.MessageToServer(batch_command_ack=pb.BatchCommandAck(command_id=cid, accepted=True))
+        )
+        await wait_batch(server, batch_id, lambda b: b["tasks"][0]["status"] == "AGENT_ACCEPTED")
+        await agent.send(
+            pb.MessageToServer(batch_command_started=pb.BatchCommandStarted(command_id=cid, pid=42))
+        )
+        batch = await wait_batch(server, batch_id, lambda b: b["tasks"][0]["status"] == "EXECUTING")
+        assert batch["tasks"][0]["agent_started_at"]
+        await client.post(f"/api/batch_commands/{batch_id}/tasks/{cid}/terminate")
+        await agent.receive_payload("batch_terminate_command_request")
+        batch = await wait_batch(server, batch_id, lambda b: True)
+        assert batch["tasks"][0]["status"] == "TERMINATING"
+        await agent.send(FakeAgent.result(cid, 3, -15, "terminated by request"))
+        batch = await wait_batch(server, batch_id)
+        assert (batch["tasks"][0]["status"], batch["tasks"][0]["exit_code"]) == ("TERMINATED", -15)
+        assert batch["overall_status"] == "COMPLETED_WITH_ERRORS"
+        await agent.close()
