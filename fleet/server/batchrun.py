@@ -242,7 +242,9 @@ class BatchRun:
             )
         )
         if self._sup.feed.has_subscribers(self.id):
-            self._sup.feed.publish(self.id, child_update_event(self.child_record(child_id)))
+            # The event carries no summaries: skip decoding them.
+            record = self.child_record(child_id, summaries=False)
+            self._sup.feed.publish(self.id, child_update_event(record))
         self._changed.set()
         if task.is_terminal:
             self._done[child_id].set()
@@ -290,8 +292,9 @@ class BatchRun:
             )
         return sink
 
-    def _output_fields(self, child_id: str) -> dict[str, Any]:
-        """The child's output facts: from its open logs, else as stored."""
+    def _output_fields(self, child_id: str, *, summaries: bool = True) -> dict[str, Any]:
+        """The child's output facts: from its open logs, else as stored (``summaries=False``
+        keeps the stored summaries, which saves decoding lines nobody will read)."""
         record = self._records[child_id]
         fields: dict[str, Any] = {
             "stdout_summary": record.stdout_summary,
@@ -303,7 +306,8 @@ class BatchRun:
         for stream in STREAMS:
             sink = self._sinks.get((child_id, stream))
             if sink is not None:
-                fields[f"{stream}_summary"] = tuple(sink.summary.lines())
+                if summaries:
+                    fields[f"{stream}_summary"] = tuple(sink.summary.lines())
                 fields[f"{stream}_bytes"] = sink.size
                 fields["truncated"] = fields["truncated"] or sink.truncated or bool(sink.error)
         return fields
@@ -398,7 +402,7 @@ class BatchRun:
 
     # --- views -------------------------------------------------------------------------------
 
-    def child_record(self, child_id: str) -> ChildRecord:
+    def child_record(self, child_id: str, *, summaries: bool = True) -> ChildRecord:
         """The child as the API shows it now (live state over the stored record)."""
         task = self.batch.children[child_id]
         base = self._records[child_id]
@@ -411,7 +415,7 @@ class BatchRun:
             agent_started_at=from_ts(task.started_at) or base.agent_started_at,
             agent_completed_at=from_ts(task.completed_at) or base.agent_completed_at,
             last_output_at=from_ts(task.last_output_at) or base.last_output_at,
-            **self._output_fields(child_id),
+            **self._output_fields(child_id, summaries=summaries),
         )
 
     def snapshot(self) -> BatchRecord:
