@@ -33,8 +33,12 @@ logger = logging.getLogger(__name__)
 
 
 def new_secret() -> str:
-    """A fresh agent secret or API token (URL-safe, 256 bits)."""
-    return secrets.token_urlsafe(32)
+    """A fresh agent secret or API token: 256 random bits, URL-safe.
+
+    The ``fleet_`` prefix keeps it from ever starting with ``-`` (which a command line would
+    read as a flag: ``--token -abc…``) and makes a leaked one easy to recognise in a scan.
+    """
+    return "fleet_" + secrets.token_urlsafe(32)
 
 
 def hash_secret(secret: str) -> str:

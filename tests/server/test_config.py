@@ -68,3 +68,11 @@ def test_ipv6_and_tls_pairing(tmp_path: Path) -> None:
     cert.write_text("x")
     with pytest.raises(ConfigError, match="go together"):
         ServerConfig(tls_cert=cert)
+
+
+def test_secrets_never_look_like_flags() -> None:
+    from fleet.server.agents import new_secret
+
+    tokens = {new_secret() for _ in range(2000)}
+    assert len(tokens) == 2000
+    assert all(t.startswith("fleet_") and len(t) >= 48 for t in tokens)
