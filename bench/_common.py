@@ -418,6 +418,20 @@ def split(items: Sequence[Any], parts: int) -> list[list[Any]]:
     return [list(items[i::parts]) for i in range(parts)]
 
 
+def agent_host_argvs(
+    creds: Sequence[tuple[int, str]], server_address: str, tmp: Path, hosts: int
+) -> list[list[str]]:
+    """Command lines for ``hosts`` ``bench.agents_host`` processes sharing ``creds``."""
+    argvs = []
+    for k, part in enumerate(split(creds, hosts)):
+        path = tmp / f"agents-{k}.json"
+        path.write_text(json.dumps(part))
+        argvs.append(
+            [PY, "-m", "bench.agents_host", "--server", server_address, "--agents", str(path)]
+        )
+    return argvs
+
+
 # --- REST and the feed -----------------------------------------------------------------------
 
 

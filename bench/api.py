@@ -26,13 +26,13 @@ from ._common import (
     PY,
     Api,
     BenchError,
+    agent_host_argvs,
     child_statuses,
     fleet_server,
     fmt,
     log,
     median,
     percentile,
-    split,
     table,
     temp_dir,
     timed_batch,
@@ -136,21 +136,7 @@ async def run(quick: bool = False, runs: int | None = None) -> dict[str, Any]:
             log(f"api: registering {TASKS} VPSes")
             creds = await api.create_vps_many(TASKS)
             ids = [vps_id for vps_id, _ in creds]
-            argvs = []
-            for k, part in enumerate(split(creds, 4)):
-                path = tmp / f"agents-{k}.json"
-                path.write_text(json.dumps(part))
-                argvs.append(
-                    [
-                        PY,
-                        "-m",
-                        "bench.agents_host",
-                        "--server",
-                        server.grpc_address,
-                        "--agents",
-                        str(path),
-                    ]
-                )
+            argvs = agent_host_argvs(creds, server.grpc_address, tmp, 4)
             async with workers(argvs, tmp, "agents") as group:
                 await group.go(timeout=300)
                 if group.failed:

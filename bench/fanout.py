@@ -16,16 +16,15 @@ directory) gets N VPSes through ``POST /api/vps``; N real agent links (``run_age
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import trio
 
 from ._common import (
-    PY,
     Api,
     BenchError,
+    agent_host_argvs,
     cpu_s,
     fleet_server,
     fmt,
@@ -34,7 +33,6 @@ from ._common import (
     peak_mib,
     percentile,
     rss_mib,
-    split,
     table,
     temp_dir,
     timed_batch,
@@ -58,21 +56,7 @@ async def measure(
             log(f"fanout N={n}: registering {n} VPSes")
             creds = await api.create_vps_many(n)
             ids = [vps_id for vps_id, _ in creds]
-            argvs = []
-            for k, part in enumerate(split(creds, hosts)):
-                path = tmp / f"agents-{k}.json"
-                path.write_text(json.dumps(part))
-                argvs.append(
-                    [
-                        PY,
-                        "-m",
-                        "bench.agents_host",
-                        "--server",
-                        server.grpc_address,
-                        "--agents",
-                        str(path),
-                    ]
-                )
+            argvs = agent_host_argvs(creds, server.grpc_address, tmp, hosts)
             async with workers(argvs, tmp, "agents") as group:
                 cpu0 = cpu_s(server.pid)
                 rss0 = rss_mib(server.pid)
