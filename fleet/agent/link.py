@@ -27,7 +27,6 @@ Loggers: ``fleet.agent.link`` (connection failures are the caller's to log).
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -56,7 +55,6 @@ __all__ = [
     "open_loop",
 ]
 
-logger = logging.getLogger(__name__)
 
 METHOD_PATH = "/agent_service.AgentCommunicationService/EstablishCommunicationStream"
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 import trio
 
 from fleet.agent.config import AgentConfig, Secret
 from fleet.agent.run import run_agent
-from fleet.core import NotFound, ValidationError
+from fleet.core import ValidationError
 
 from .agents import hash_secret, new_secret
 from .api import Services
@@ -16,8 +14,6 @@ from .config import ServerConfig
 from .store import Store
 
 __all__ = ["run_agents"]
-
-logger = logging.getLogger(__name__)
 
 
 async def _register(services: Services, name: str) -> tuple[int, str]:
@@ -29,10 +25,7 @@ async def _register(services: Services, name: str) -> tuple[int, str]:
     except ValidationError:  # already there from an earlier run: issue a new secret
         existing = {v.name: v for v in await services.db.run(Store.list_vps)}
         record = existing[name]
-        try:
-            await services.db.run(Store.set_vps_secret, record.id, digest)
-        except NotFound:  # pragma: no cover - deleted between the two calls
-            raise
+        await services.db.run(Store.set_vps_secret, record.id, digest)
     services.credentials.set(record.id, digest)
     return record.id, secret
 

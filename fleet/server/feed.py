@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import json
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,7 +19,6 @@ import trio
 
 __all__ = ["FeedHub", "Overrun", "Subscription"]
 
-logger = logging.getLogger(__name__)
 
 VPS_TOPIC = "vps"
 

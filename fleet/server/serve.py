@@ -13,6 +13,7 @@ Task tree::
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -107,7 +108,6 @@ async def serve(
         registry = AgentRegistry()
         hub = FeedHub()
         writeback = WriteBack(db, interval_s=config.flush_interval_s)
-        services_box: list[Services] = []
         supervisor = Supervisor(
             registry,
             writeback,
@@ -120,25 +120,24 @@ async def serve(
                 result_slack_s=config.result_slack_s,
             ),
             feed=hub,
-            on_agent=lambda vps_id, info: api_inventory.agent_seen(services_box[0], vps_id, info),
         )
+        services = Services(
+            config=config,
+            db=db,
+            credentials=credentials,
+            registry=registry,
+            supervisor=supervisor,
+            hub=hub,
+            token_hashes=set(await db.run(Store.token_hashes)),
+        )
+        supervisor.on_agent = functools.partial(api_inventory.agent_seen, services)
         async with trio.open_nursery() as nursery:
             await nursery.start(writeback.run)
             await nursery.start(supervisor.run)
             await _resume(db, supervisor)
             grpc_port = await nursery.start(rpc.serve, config, credentials, registry, supervisor)
             grpc_host, _ = config.grpc_endpoint
-            services = Services(
-                config=config,
-                db=db,
-                credentials=credentials,
-                registry=registry,
-                supervisor=supervisor,
-                hub=hub,
-                token_hashes=set(await db.run(Store.token_hashes)),
-                grpc_address=f"{_url_host(grpc_host)}:{grpc_port}",
-            )
-            services_box.append(services)
+            services.grpc_address = f"{_url_host(grpc_host)}:{grpc_port}"
             http_url = await nursery.start(_serve_http, config, services)
             services.http_address = http_url
             if config.demo:

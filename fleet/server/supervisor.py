@@ -78,7 +78,8 @@ class Supervisor:
             terminate_confirm_s=terminate_confirm_s,
             timers=timers or core.BatchTimers(),
         )
-        self._on_agent = on_agent
+        #: Called with (vps_id, handshake info or None) when an agent comes or goes.
+        self.on_agent = on_agent
         self._runs: dict[str, BatchRun] = {}
         self.cleanups: set[trio.CancelScope] = set()  # shielded terminate cleanups under way
         self.stopping = False
@@ -143,16 +144,16 @@ class Supervisor:
     # --- AgentHooks --------------------------------------------------------------------------
 
     def connected(self, session: AgentSession, info: AgentInfo) -> None:
-        if self._on_agent is not None:
-            self._on_agent(session.vps_id, info)
+        if self.on_agent is not None:
+            self.on_agent(session.vps_id, info)
         for run in list(self._runs.values()):
             run.agent_returned(session.vps_id, session)
 
     def disconnected(self, session: AgentSession) -> None:
         if self.registry.get(session.vps_id) is not None:
             return  # a newer stream replaced this one: nothing was lost
-        if self._on_agent is not None:
-            self._on_agent(session.vps_id, None)
+        if self.on_agent is not None:
+            self.on_agent(session.vps_id, None)
         for run in list(self._runs.values()):
             run.agent_lost(session.vps_id)
 
