@@ -132,9 +132,6 @@ class AgentRegistry:
     def is_online(self, vps_id: int) -> bool:
         return self.get(vps_id) is not None
 
-    def online_ids(self) -> set[int]:
-        return {vps_id for vps_id, s in self._sessions.items() if not s.closed}
-
     def close(self, vps_id: int, reason: str) -> None:
         """Close the VPS's session if any (its secret changed, or it was deleted)."""
         session = self._sessions.get(vps_id)

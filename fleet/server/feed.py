@@ -96,6 +96,3 @@ class FeedHub:
         text = json.dumps(event, separators=(",", ":"))
         for sub in subs:
             sub.put(text)
-
-    def subscriber_count(self) -> int:
-        return sum(len(s) for s in self._topics.values())

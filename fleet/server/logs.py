@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from fleet.core import OutputSummary, StreamCursor
 
-__all__ = ["LogSink", "Written", "log_path"]
+__all__ = ["LogSink", "Written"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +29,6 @@ class Written:
     offset: int
     data: bytes
     truncated: bool
-
-
-def log_path(logs_dir: Path, batch_id: str, child_id: str, stream: str) -> Path:
-    if stream not in STREAMS:
-        raise ValueError(f"unknown stream {stream!r}")
-    return logs_dir / batch_id / f"{child_id}.{stream}"
 
 
 class LogSink:

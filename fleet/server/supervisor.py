@@ -118,9 +118,6 @@ class Supervisor:
     def get(self, batch_id: str) -> BatchRun | None:
         return self._runs.get(batch_id)
 
-    def live_ids(self) -> list[str]:
-        return list(self._runs)
-
     def batch_finished(self, run: BatchRun) -> None:
         """Forget a final batch once its last changes are committed (until then the API
         reads it from memory, so nobody sees the store's older state)."""

@@ -60,7 +60,6 @@ class WriteBack:
         self._infos: dict[int, tuple[AgentInfo, datetime]] = {}
         self._callbacks: list[Callable[[], None]] = []
         self._wake = trio.Event()
-        self.transactions = 0
 
     def child(self, update: ChildUpdate) -> None:
         _queue(self._children, update.child_id, update)
@@ -143,7 +142,6 @@ class WriteBack:
     ) -> None:
         if children or batches:
             await self._db.run(Store.apply_updates, batches, children)
-            self.transactions += 1
         if seen:
             await self._db.run(Store.touch_vps_seen, seen)
         for callback in callbacks:
