@@ -188,6 +188,8 @@ HANDSHAKE = {
     "hostname": "web-7.example.org",
     "public_ip_addresses": ["203.0.113.7", "2001:db8::7", ""],
     "kernel_version": "6.1.0-18-amd64",
+    "open_command_ids": ["3f2a-child", "", "☃-7"],
+    "open_command_ids_complete": True,
 }
 OUTPUT = {
     "command_id": "3f2a-child",
@@ -217,6 +219,10 @@ TO_AGENT = {"server_message_id": 2**63 + 1}
 
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "handshake": ("AgentHandshake", HANDSHAKE),
+    "handshake-without-open-ids": (  # a peer that predates SPEC §6
+        "AgentHandshake",
+        {k: v for k, v in HANDSHAKE.items() if not k.startswith("open_command_ids")},
+    ),
     "output": ("BatchCommandOutputStream", OUTPUT),
     "output-offset-zero": ("BatchCommandOutputStream", OUTPUT | {"offset": 0}),
     "output-offset-max": ("BatchCommandOutputStream", OUTPUT | {"offset": 2**64 - 1}),
@@ -423,7 +429,8 @@ CONTRACT: dict[str, dict[str, int]] = {
                        "batch_agent_command_request": 8, "batch_terminate_command_request": 9,
                        "batch_result_ack": 11},
     "AgentHandshake": {"agent_id_hint": 1, "agent_version": 2, "os_type": 3, "os_name": 4,
-                       "arch": 5, "hostname": 6, "public_ip_addresses": 7, "kernel_version": 8},
+                       "arch": 5, "hostname": 6, "public_ip_addresses": 7, "kernel_version": 8,
+                       "open_command_ids": 20, "open_command_ids_complete": 21},
     "ServerHandshakeAck": {"authentication_successful": 1, "error_message": 2,
                            "server_time_unix_ms": 6},
     "BatchAgentCommandRequest": {"command_id": 1, "type": 2, "content": 3,

@@ -95,6 +95,14 @@ class AgentHandshake(betterproto2.Message):
 
     kernel_version: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
 
+    open_command_ids: "list[str]" = betterproto2.field(20, betterproto2.TYPE_STRING, repeated=True)
+    """
+    SPEC §6: every command this agent accepted whose result the server has not acknowledged yet
+    (running or finished); open_command_ids_complete = true says the list is the whole truth.
+    """
+
+    open_command_ids_complete: "bool" = betterproto2.field(21, betterproto2.TYPE_BOOL)
+
 
 default_message_pool.register_message("agent_service", "AgentHandshake", AgentHandshake)
 
