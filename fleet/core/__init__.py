@@ -26,12 +26,13 @@ from ._events import Effect as Effect
 from ._events import Event as Event
 from ._events import Finished as Finished
 from ._events import OutputSeen as OutputSeen
+from ._events import Reconciled as Reconciled
+from ._events import Rejected as Rejected
 from ._events import SendCommand as SendCommand
 from ._events import SendTerminate as SendTerminate
 from ._events import Started as Started
 from ._events import TerminateBatch as TerminateBatch
 from ._events import TerminateChild as TerminateChild
-from ._events import TerminateUnconfirmed as TerminateUnconfirmed
 from ._events import Tick as Tick
 from ._events import Unreachable as Unreachable
 from ._output import Accepted as Accepted
@@ -49,6 +50,7 @@ from ._request import validate_vps_body as validate_vps_body
 from ._status import BatchStatus as BatchStatus
 from ._status import ChildStatus as ChildStatus
 from ._task import CHILD_TRANSITIONS as CHILD_TRANSITIONS
+from ._task import AgentReport as AgentReport
 from ._task import ChildTask as ChildTask
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "Accepted",
     "Acked",
     "AgentLost",
+    "AgentReport",
     "AgentReturned",
     "Batch",
     "BatchChanged",
@@ -79,13 +82,14 @@ __all__ = [
     "NotFound",
     "OutputSeen",
     "OutputSummary",
+    "Reconciled",
+    "Rejected",
     "SendCommand",
     "SendTerminate",
     "Started",
     "StreamCursor",
     "TerminateBatch",
     "TerminateChild",
-    "TerminateUnconfirmed",
     "Tick",
     "Unreachable",
     "ValidationError",

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 Event-triggered transitions are per child (``fleet.core._task.CHILD_TRANSITIONS``); the batch
 routes each child event to its child. State-triggered transitions are batch-level rules in
-``_settle``, applied after every event until nothing changes (h11's split):
+``_settle``, applied after every event:
 
 1. ``PENDING`` becomes ``IN_PROGRESS`` once no child is ``PENDING`` any more (every target was
    either sent its command or found unreachable), or as soon as one child was sent.
@@ -14,37 +14,50 @@ routes each child event to its child. State-triggered transitions are batch-leve
    ``COMPLETED_WITH_ERRORS``.
 3. A final batch never changes again; terminating it is a harmless no-op.
 
-Deadlines (``next_deadline``) are fed back as ``Tick``: a child whose agent was lost is
-``AGENT_UNREACHABLE`` once ``reconnect_grace_s`` passed without the agent coming back; a child
-with a command timeout that has no result long after it (``timeout + result_slack_s``) is a
-``FAILURE`` and is told to terminate.
+Deadlines (``next_deadline``), fed back as ``Tick``, are the three per-child timers, all kept in
+one heap and decided here:
 
-Effects tell the owner what to do: ``SendCommand`` (once per child, from ``start``),
-``SendTerminate`` (cancel that child's scope; its cleanup tells the agent), ``ChildChanged`` and
-``BatchChanged`` (persist and publish).
+* reconnect grace: a child whose agent was lost is ``AGENT_UNREACHABLE`` once
+  ``reconnect_grace_s`` passed without the agent coming back;
+* terminate confirmation: a ``TERMINATING`` child whose connected agent did not confirm within
+  ``terminate_confirm_s`` is a ``FAILURE`` ("the command may still be running"); the clock runs
+  only while the agent is connected (a terminate cannot reach a lost agent; it is sent again,
+  and the clock restarted, when the agent comes back);
+* result deadline: a child with a command timeout and no result long after it
+  (``timeout + result_slack_s``) is a ``FAILURE`` and its agent is told to terminate.
+
+Agents coming and going are batch-level inputs (``agent_connected``, ``agent_lost``) that the
+batch turns into child events for that VPS's children: an agent that lists the commands it holds
+(SPEC §6, ``open_command_ids_complete``) reconciles every live child at once; one that does not
+gets the reconnect-grace rules.
+
+Effects tell the owner what to do: ``SendCommand`` (dispatch; again for a child whose agent came
+back without it), ``SendTerminate`` (cancel that child's scope, whose cleanup tells the agent),
+``ChildChanged`` and ``BatchChanged`` (persist and publish).
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from ._errors import InvalidTransition
 from ._events import (
     AgentLost,
+    AgentReturned,
     BatchChanged,
     ChildChanged,
     ChildEvent,
     Effect,
     Event,
+    Reconciled,
     SendCommand,
     SendTerminate,
     TerminateBatch,
     TerminateChild,
     Tick,
-    Unreachable,
 )
 from ._status import BatchStatus, ChildStatus
 from ._task import ChildTask
@@ -52,6 +65,7 @@ from ._task import ChildTask
 __all__ = ["BATCH_TRANSITIONS", "Batch", "BatchTimers", "final_status"]
 
 B = BatchStatus
+S = ChildStatus
 
 #: Batch-level transitions that users drive (the rest are rules in ``_settle``).
 BATCH_TRANSITIONS: dict[tuple[BatchStatus, type], BatchStatus] = {
@@ -68,24 +82,20 @@ class BatchTimers:
 
     reconnect_grace_s: float = 30.0
     result_slack_s: float = 60.0
+    terminate_confirm_s: float = 15.0
 
     def __post_init__(self) -> None:
-        if self.reconnect_grace_s < 0 or self.result_slack_s < 0:
+        if min(self.reconnect_grace_s, self.result_slack_s, self.terminate_confirm_s) < 0:
             raise ValueError("durations must not be negative")
 
 
 #: Statuses only a child whose command reached its agent can have (even when a restored child
 #: has no ``sent_at``).
-_REACHED = frozenset(
-    {
-        ChildStatus.SENT_TO_AGENT,
-        ChildStatus.AGENT_ACCEPTED,
-        ChildStatus.EXECUTING,
-        ChildStatus.TERMINATING,
-        ChildStatus.SUCCESS,
-        ChildStatus.FAILURE,
-        ChildStatus.AGENT_REJECTED,
-    }
+_REACHED = frozenset({S.AGENT_ACCEPTED, S.EXECUTING, S.SUCCESS, S.FAILURE, S.AGENT_REJECTED})
+#: A live child that its agent does not list was accepted there before: the agent lost it.
+_FORGOTTEN = (
+    "the agent came back without this command (its state was lost); "
+    "whether the command ran to the end is unknown"
 )
 
 
@@ -96,7 +106,7 @@ def final_status(children: Iterable[ChildTask], *, user_terminated: bool) -> Bat
         return B.TERMINATED
     if not any(t.sent_at is not None or t.status in _REACHED for t in tasks):
         return B.FAILED_TO_START
-    if all(t.status is ChildStatus.SUCCESS for t in tasks):
+    if all(t.status is S.SUCCESS for t in tasks):
         return B.COMPLETED_SUCCESSFULLY
     return B.COMPLETED_WITH_ERRORS
 
@@ -106,9 +116,10 @@ class Batch:
 
     Args:
         batch_id: the batch's id.
-        children: its tasks (at least one), each ``PENDING``.
+        children: its tasks (at least one): ``PENDING`` ones for a new batch, or restored ones
+            (``ChildTask.restore``) for ``resume``.
         timeout_s: the command's timeout (0 = none), for the server-side result deadline.
-        timers: reconnect grace and result slack.
+        timers: reconnect grace, result slack and terminate confirmation.
     """
 
     def __init__(
@@ -135,6 +146,10 @@ class Batch:
         self.completed_at: float | None = None
         self.updated_at: float | None = None
         self._started = False
+        # A VPS's children, so an agent coming or going costs O(its children).
+        self._by_vps: dict[int, list[ChildTask]] = {}
+        for task in tasks:
+            self._by_vps.setdefault(task.vps_id, []).append(task)
         # Kept up to date on every change so that an event costs O(1) (O(log n) with a
         # deadline), not a scan of every child: a batch may have 10,000 of them.
         self._counts: Counter[ChildStatus] = Counter()
@@ -150,6 +165,10 @@ class Batch:
         """How many children are in each status (statuses with none are left out)."""
         return {status.value: n for status, n in self._counts.items() if n}
 
+    def children_of(self, vps_id: int) -> list[ChildTask]:
+        """The children that run on ``vps_id``."""
+        return self._by_vps.get(vps_id, [])
+
     def start(self, *, now: float) -> list[Effect]:
         """Ask for every ``PENDING`` child's command to be sent. Call once.
 
@@ -162,16 +181,17 @@ class Batch:
         return [
             SendCommand(t.child_id, t.vps_id)
             for t in self.children.values()
-            if t.status is ChildStatus.PENDING
+            if t.status is S.PENDING
         ]
 
     def resume(self, *, now: float, user_terminated: bool = False) -> list[Effect]:
-        """Carry on after the owner restarted, with children restored to their stored status.
+        """Carry on after the owner restarted, with children restored as stored.
 
-        A child that was never sent is unreachable; a live one is treated as having lost its
-        agent at ``now`` (unless already lost), so the agent gets the reconnect grace to come
-        back and report. ``user_terminated`` restores a batch that was being terminated.
-        Call instead of ``start``.
+        Every live child is treated as having lost its agent at ``now``: its agent gets the
+        reconnect grace to come back and say what it holds. That includes ``PENDING`` ones: the
+        owner may have sent their command just before it stopped, so they are ``maybe_sent``
+        (never "not sent": that is known only when the agent says). ``user_terminated``
+        restores a batch that was being terminated. Call instead of ``start``.
         """
         if self._started:
             raise InvalidTransition(self.status, "resume")
@@ -184,15 +204,11 @@ class Batch:
         for task in self.children.values():
             if task.is_terminal:
                 continue
-            if task.status is ChildStatus.PENDING:
-                self._child_event(
-                    Unreachable(task.child_id, "the server restarted before sending the command"),
-                    now,
-                    effects,
-                )
-            else:
-                task.sent_at = task.sent_at if task.sent_at is not None else now
-                self._child_event(AgentLost(task.child_id), now, effects)
+            if task.status is S.PENDING:
+                task.maybe_sent = True
+            elif task.sent_at is None:
+                task.sent_at = now
+            self._child_event(AgentLost(task.child_id), now, effects)
         self._settle(now, effects)
         return effects
 
@@ -214,6 +230,40 @@ class Batch:
         self._settle(now, effects)
         return effects
 
+    def agent_connected(
+        self, vps_id: int, open_ids: Collection[str] | None, *, now: float
+    ) -> list[Effect]:
+        """``vps_id``'s agent (re)connected.
+
+        ``open_ids``: every command it holds (``open_command_ids`` with
+        ``open_command_ids_complete``), or ``None`` for a peer that does not say. With the
+        list, every live child of that VPS is settled at once: listed ones wait for their
+        result (a terminating one is told again), unlisted ones never reached the agent and are
+        sent now (a terminating one, never run, is ``SKIPPED``; an accepted one the agent
+        forgot is a ``FAILURE``). Without it, only children whose agent was lost are resumed,
+        and a command that may not have arrived is sent again (an agent ignores a command id
+        it already holds).
+        """
+        effects: list[Effect] = []
+        for task in self.children_of(vps_id):
+            if task.is_terminal:
+                continue
+            if open_ids is None:
+                self._returned(task, now, effects)
+            else:
+                self._reconcile(task, task.child_id in open_ids, now, effects)
+        self._settle(now, effects)
+        return effects
+
+    def agent_lost(self, vps_id: int, *, now: float) -> list[Effect]:
+        """``vps_id``'s agent disconnected: its children that were sent wait for it."""
+        effects: list[Effect] = []
+        for task in self.children_of(vps_id):
+            if not task.is_terminal and (task.sent_at is not None or task.maybe_sent):
+                self._child_event(AgentLost(task.child_id), now, effects)
+        self._settle(now, effects)
+        return effects
+
     def next_deadline(self) -> float | None:
         """The earliest time at which a ``Tick`` would change something, or ``None``."""
         while self._deadlines:
@@ -230,11 +280,51 @@ class Batch:
         was, was_lost, was_deadline = task.status, task.lost_since, self._deadline(task)
         changed = task.handle(event, now=now)
         self._account(task, was, was_deadline)
-        if isinstance(event, TerminateChild) and was is not task.status and not task.is_terminal:
+        if (
+            isinstance(event, TerminateChild)
+            and was is not task.status
+            and task.status is S.TERMINATING
+        ):
             effects.append(SendTerminate(task.child_id, task.vps_id))
-        # ``lost_since`` is not shown by the API but must be persisted (both ways) so that the
-        # reconnect grace survives a restart.
+        # ``lost_since`` is not shown by the API, but the owner is told so that it can persist
+        # and publish consistently.
         if changed or task.lost_since != was_lost:
+            effects.append(ChildChanged(task.child_id))
+
+    def _returned(self, task: ChildTask, now: float, effects: list[Effect]) -> None:
+        """A peer that does not list its commands came back (the reconnect-grace rules).
+
+        A command that may not have arrived is sent again: an agent ignores a command id it
+        already holds (it acknowledges it again).
+        """
+        if task.status is S.PENDING:
+            if task.maybe_sent:
+                self._child_event(Reconciled(task.child_id, listed=False), now, effects)
+                effects.append(SendCommand(task.child_id, task.vps_id))
+            return
+        if task.lost_since is None:
+            return
+        self._child_event(AgentReturned(task.child_id), now, effects)
+        if task.status is S.TERMINATING:
+            effects.append(SendTerminate(task.child_id, task.vps_id))
+        elif task.status is S.SENT_TO_AGENT:
+            effects.append(SendCommand(task.child_id, task.vps_id))
+
+    def _reconcile(self, task: ChildTask, listed: bool, now: float, effects: list[Effect]) -> None:
+        if task.status is S.PENDING and not task.maybe_sent:
+            return  # not dispatched yet: nothing to reconcile
+        was = task.status
+        self._child_event(Reconciled(task.child_id, listed), now, effects)
+        if listed:
+            if task.status is S.TERMINATING:
+                effects.append(SendTerminate(task.child_id, task.vps_id))
+        elif was in (S.PENDING, S.SENT_TO_AGENT):
+            effects.append(SendCommand(task.child_id, task.vps_id))
+        elif was is S.TERMINATING and task.started_at is None and task.pid is None:
+            self._expire(task, S.SKIPPED, "not run: terminated before it reached the agent", now)
+            effects.append(ChildChanged(task.child_id))
+        else:
+            self._expire(task, S.FAILURE, _FORGOTTEN, now)
             effects.append(ChildChanged(task.child_id))
 
     def _terminate_batch(self, now: float, effects: list[Effect]) -> None:
@@ -246,9 +336,9 @@ class Batch:
             self.updated_at = now
             effects.append(BatchChanged())
         for task in self.children.values():
-            if task.is_terminal or task.status is ChildStatus.TERMINATING:
+            if task.is_terminal or task.status is S.TERMINATING:
                 continue
-            self._child_event(TerminateChild(task.child_id), now, effects)
+            self._child_event(TerminateChild(task.child_id, by_batch=True), now, effects)
 
     def _tick(self, now: float, effects: list[Effect]) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
@@ -256,24 +346,40 @@ class Batch:
             task = self.children[child_id]
             if self._deadline(task) != deadline:
                 continue  # stale entry
-            was = task.status
             if task.lost_since is not None:
                 grace = self.timers.reconnect_grace_s
-                task.expire(
-                    ChildStatus.AGENT_UNREACHABLE,
-                    f"the agent disconnected and did not come back within {grace:g} s",
-                    now=now,
+                if task.maybe_sent:
+                    message = (
+                        "unknown whether the command reached the agent: the server restarted "
+                        f"as it was being sent, and the agent did not come back within {grace:g} s"
+                    )
+                else:
+                    message = f"the agent disconnected and did not come back within {grace:g} s"
+                self._expire(task, S.AGENT_UNREACHABLE, message, now)
+            elif task.status is S.TERMINATING and self._confirm_deadline(task) == deadline:
+                confirm = self.timers.terminate_confirm_s
+                self._expire(
+                    task,
+                    S.FAILURE,
+                    f"termination was not confirmed by the agent within {confirm:g} s; "
+                    "the command may still be running",
+                    now,
                 )
             else:
-                task.expire(
-                    ChildStatus.FAILURE,
+                self._expire(
+                    task,
+                    S.FAILURE,
                     f"no result from the agent within {self.timeout_s:g} s timeout "
                     f"(+{self.timers.result_slack_s:g} s)",
-                    now=now,
+                    now,
                 )
                 effects.append(SendTerminate(task.child_id, task.vps_id))
-            self._account(task, was, deadline)
             effects.append(ChildChanged(task.child_id))
+
+    def _expire(self, task: ChildTask, status: ChildStatus, message: str, now: float) -> None:
+        was, was_deadline = task.status, self._deadline(task)
+        task.expire(status, message, now=now)
+        self._account(task, was, was_deadline)
 
     def _account(self, task: ChildTask, was: ChildStatus, was_deadline: float | None) -> None:
         """Update the counters and the deadline heap after ``task`` changed."""
@@ -298,18 +404,30 @@ class Batch:
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, task.child_id))
 
+    def _confirm_deadline(self, task: ChildTask) -> float | None:
+        if task.terminate_requested_at is None:
+            return None
+        return task.terminate_requested_at + self.timers.terminate_confirm_s
+
     def _deadline(self, task: ChildTask) -> float | None:
+        """The child's earliest deadline (lost agent first: then no other clock runs)."""
         if task.is_terminal:
             return None
         if task.lost_since is not None:
             return task.lost_since + self.timers.reconnect_grace_s
+        candidates = []
+        if task.status is S.TERMINATING and (confirm := self._confirm_deadline(task)) is not None:
+            candidates.append(confirm)
         if self.timeout_s and task.sent_at is not None:
-            return task.sent_at + self.timeout_s + self.timers.result_slack_s
-        return None
+            candidates.append(task.sent_at + self.timeout_s + self.timers.result_slack_s)
+        return min(candidates, default=None)
 
     def _settle(self, now: float, effects: list[Effect]) -> None:
+        """Apply the batch rules (module docstring). One ordered pass reaches the fixed point:
+        rule 1 only reads children, rule 2 reads rule 1's result, and a final status (rule 2)
+        enables no earlier rule; so a second pass would change nothing."""
         before = self.status
-        if self.status is B.PENDING and (not self._counts[ChildStatus.PENDING] or self._sent_any):
+        if self.status is B.PENDING and (not self._counts[S.PENDING] or self._sent_any):
             self.status = B.IN_PROGRESS
         live = sum(n for status, n in self._counts.items() if not status.is_terminal)
         if not self.is_final and not live:

@@ -22,12 +22,13 @@ __all__ = [
     "Event",
     "Finished",
     "OutputSeen",
+    "Reconciled",
+    "Rejected",
     "SendCommand",
     "SendTerminate",
     "Started",
     "TerminateBatch",
     "TerminateChild",
-    "TerminateUnconfirmed",
     "Tick",
     "Unreachable",
 ]
@@ -66,10 +67,19 @@ class Unreachable:
 
 @dataclass(frozen=True)
 class Acked:
-    """The agent answered ``BatchCommandAck``: accepted, or rejected with a reason."""
+    """The agent accepted the command (``BatchCommandAck`` with ``accepted=true``)."""
 
     child_id: str
-    accepted: bool
+
+    def __post_init__(self) -> None:
+        _need_id(self.child_id)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The agent refused the command (``BatchCommandAck`` with ``accepted=false``)."""
+
+    child_id: str
     reason: str = ""
 
     def __post_init__(self) -> None:
@@ -121,20 +131,10 @@ class Finished:
 
 @dataclass(frozen=True)
 class TerminateChild:
-    """A user asked to terminate one child."""
+    """A user asked to terminate one child (``by_batch``: as part of terminating its batch)."""
 
     child_id: str
-
-    def __post_init__(self) -> None:
-        _need_id(self.child_id)
-
-
-@dataclass(frozen=True)
-class TerminateUnconfirmed:
-    """The terminate was sent but the agent did not confirm it within the cleanup bound."""
-
-    child_id: str
-    waited_s: float
+    by_batch: bool = False
 
     def __post_init__(self) -> None:
         _need_id(self.child_id)
@@ -152,9 +152,26 @@ class AgentLost:
 
 @dataclass(frozen=True)
 class AgentReturned:
-    """The child's agent reconnected within the grace period."""
+    """The child's agent reconnected within the grace period, without saying which commands it
+    holds (a peer that predates ``open_command_ids_complete``)."""
 
     child_id: str
+
+    def __post_init__(self) -> None:
+        _need_id(self.child_id)
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """The child's agent (re)connected and listed every command it holds (SPEC §6).
+
+    ``listed``: this child's command id was in the agent's ``open_command_ids``: the agent has
+    it (running, or finished with a result it will re-send). Not listed: the command never
+    reached that agent (or the agent no longer knows it).
+    """
+
+    child_id: str
+    listed: bool
 
     def __post_init__(self) -> None:
         _need_id(self.child_id)
@@ -164,13 +181,14 @@ ChildEvent = (
     Dispatched
     | Unreachable
     | Acked
+    | Rejected
     | Started
     | OutputSeen
     | Finished
     | TerminateChild
-    | TerminateUnconfirmed
     | AgentLost
     | AgentReturned
+    | Reconciled
 )
 
 # --- events about the whole batch ------------------------------------------------------------
@@ -193,7 +211,8 @@ Event = ChildEvent | TerminateBatch | Tick
 
 @dataclass(frozen=True)
 class SendCommand:
-    """Send the batch's command to this child's agent (or report it unreachable)."""
+    """Send the batch's command to this child's agent (or report it unreachable). Also asked
+    again for a child whose agent came back without it (``Reconciled(listed=False)``)."""
 
     child_id: str
     vps_id: int
@@ -201,7 +220,9 @@ class SendCommand:
 
 @dataclass(frozen=True)
 class SendTerminate:
-    """Stop this child: its owner cancels the child's scope, whose cleanup tells the agent."""
+    """Stop this child: its owner cancels the child's scope, whose cleanup tells the agent (or,
+    when the scope is gone, tells the agent directly: a deadline ended the child, or its agent
+    came back while the child was terminating)."""
 
     child_id: str
     vps_id: int

@@ -20,6 +20,7 @@ class ChildStatus(enum.StrEnum):
     TERMINATED = "TERMINATED"
     AGENT_UNREACHABLE = "AGENT_UNREACHABLE"
     AGENT_REJECTED = "AGENT_REJECTED"
+    SKIPPED = "SKIPPED"  # never dispatched (the batch was terminated, or a rollout stopped)
 
     @property
     def is_terminal(self) -> bool:
@@ -49,6 +50,7 @@ _TERMINAL_CHILD = frozenset(
         ChildStatus.TERMINATED,
         ChildStatus.AGENT_UNREACHABLE,
         ChildStatus.AGENT_REJECTED,
+        ChildStatus.SKIPPED,
     }
 )
 _TERMINAL_BATCH = frozenset(

@@ -9,15 +9,18 @@ thing to store (as for API tokens); digests are compared with ``hmac.compare_dig
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from fleet.proto import agent_service as pb
+
+from .records import BatchRecord
 
 __all__ = [
     "AgentInfo",
@@ -25,8 +28,11 @@ __all__ = [
     "AgentSession",
     "Credentials",
     "SessionClosed",
+    "command_message",
     "hash_secret",
     "new_secret",
+    "result_ack_message",
+    "terminate_message",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,7 +72,12 @@ class AgentSession(Protocol):
 
 @dataclass(frozen=True)
 class AgentInfo:
-    """What an agent said about itself in its handshake."""
+    """What an agent said about itself in its handshake.
+
+    ``open_command_ids``: every command it holds whose result the server has not acknowledged,
+    when it says so completely (``open_command_ids_complete``); ``None`` for a peer that does
+    not (it then gets the reconnect-grace rules).
+    """
 
     hostname: str
     os_type: str
@@ -74,6 +85,40 @@ class AgentInfo:
     arch: str
     kernel_version: str
     agent_version: str
+    open_command_ids: frozenset[str] | None = None
+
+
+# --- messages to an agent ----------------------------------------------------------------------
+
+
+def command_message(batch: BatchRecord, child_id: str) -> pb.MessageToAgent:
+    """The request that runs ``batch``'s command as ``child_id`` (a saved script is sent with
+    its content, never just its id)."""
+    kind = (
+        pb.CommandType.SAVED_SCRIPT
+        if batch.command_type == "SAVED_SCRIPT"
+        else pb.CommandType.ADHOC_COMMAND
+    )
+    return pb.MessageToAgent(
+        batch_agent_command_request=pb.BatchAgentCommandRequest(
+            command_id=child_id,
+            type=kind,
+            content=batch.command_content,
+            working_directory=batch.working_directory or "",
+            timeout_seconds=batch.timeout_seconds,
+        )
+    )
+
+
+def terminate_message(child_id: str) -> pb.MessageToAgent:
+    return pb.MessageToAgent(
+        batch_terminate_command_request=pb.BatchTerminateCommandRequest(command_id=child_id)
+    )
+
+
+def result_ack_message(child_id: str) -> pb.MessageToAgent:
+    """The server stored the result: the agent may forget it."""
+    return pb.MessageToAgent(batch_result_ack=pb.BatchResultAck(command_id=child_id))
 
 
 class Credentials:
@@ -108,9 +153,14 @@ class AgentRegistry:
         self._sessions: dict[int, AgentSession] = {}
         self._listeners: list[Listener] = []
 
-    def subscribe(self, listener: Listener) -> None:
-        """Call ``listener(vps_id, online)`` on every change (synchronously)."""
+    @contextlib.contextmanager
+    def subscribe(self, listener: Listener) -> Iterator[None]:
+        """Call ``listener(vps_id, online)`` on every change (synchronously) while inside."""
         self._listeners.append(listener)
+        try:
+            yield
+        finally:
+            self._listeners.remove(listener)
 
     def attach(self, session: AgentSession) -> None:
         old = self._sessions.get(session.vps_id)
@@ -128,6 +178,17 @@ class AgentRegistry:
     def get(self, vps_id: int) -> AgentSession | None:
         session = self._sessions.get(vps_id)
         return None if session is None or session.closed else session
+
+    def send(self, vps_id: int, message: pb.MessageToAgent) -> bool:
+        """Queue ``message`` on the VPS's live stream; ``False`` when it has none."""
+        session = self.get(vps_id)
+        if session is None:
+            return False
+        try:
+            session.send(message)
+        except SessionClosed:
+            return False
+        return True
 
     def is_online(self, vps_id: int) -> bool:
         return self.get(vps_id) is not None

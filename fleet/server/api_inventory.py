@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from quart import Response
@@ -10,12 +9,12 @@ from quart_trio import QuartTrio
 
 from fleet import core
 
-from .agents import AgentInfo, hash_secret, new_secret
+from .agents import hash_secret, new_secret
 from .api import Services, json_body, json_response, path_id
 from .store import Store, VpsRecord
-from .views import iso, script_view, vps_view
+from .views import script_view, vps_view
 
-__all__ = ["agent_seen", "register"]
+__all__ = ["register"]
 
 
 def _agent_command(services: Services, vps_id: int) -> str:
@@ -110,23 +109,3 @@ def register(app: QuartTrio, services: Services) -> None:
     async def delete_script(script_id: str) -> Response:
         await db.run(Store.delete_script, path_id(script_id, "script"))
         return Response("", status=204)
-
-
-def agent_seen(services: Services, vps_id: int, info: AgentInfo | None) -> None:
-    """Record an agent's arrival (with its handshake) or departure; publish it (sync)."""
-    now = datetime.now(UTC)
-    event: dict[str, Any] = {
-        "id": vps_id,
-        "online": info is not None,
-        "last_seen_at": iso(now),
-    }
-    if info is not None:
-        services.supervisor.writeback.agent_info(vps_id, info, now)
-        event |= {
-            "hostname": info.hostname,
-            "os": info.os_name or info.os_type,
-            "agent_version": info.agent_version,
-        }
-    else:
-        services.supervisor.writeback.vps_seen(vps_id, now)
-    services.hub.publish("vps", {"type": "VPS_UPDATE", "vps": event})

@@ -1,21 +1,26 @@
-"""One running batch: its core state machine, its children's cancel scopes, logs, agent traffic.
+"""One running batch: its core state machine and its children's cancel scopes.
 
 A ``BatchRun`` owns one trio nursery (``run``) with one cancel-scoped task per VPS. Its owner
-(the ``Supervisor``) routes agent reports to it synchronously; ``core.Batch`` decides, and this
-module carries out the effects: send commands and terminates, persist (``WriteBack``), publish
-(the feed). Terminating a child cancels that child's scope; the shielded, time-bounded cleanup
-sends the terminate and waits for the agent's answer.
+(the ``Supervisor``) routes agent reports and agents coming and going to it synchronously;
+``core.Batch`` decides, and this module carries out the effects: send commands and terminates,
+record changes (the write-behind ``Recorder``), publish (the feed).
+
+Terminating a child cancels that child's scope. The cleanup then runs *outside* the cancelled
+region, as trio's ``run_process`` waits for its process after a cancel: it sends the terminate
+and waits for the agent's answer. That wait needs no timeout of its own: the terminate
+confirmation is one of ``core.Batch``'s deadlines, which ends the child (and so the wait) when
+the agent does not answer. A server shutdown cancels the wait with everything else; the child
+stays ``TERMINATING`` in the store and the restarted server asks the agent again.
+
+Every time here is trio time (``WallClock`` converts it at the edge, when stored or shown).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
-import time
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 import trio
@@ -23,13 +28,13 @@ import trio
 from fleet import core
 from fleet.proto import agent_service as pb
 
-from .agents import AgentRegistry, AgentSession, SessionClosed
-from .logs import STREAMS, LogSink
+from .agents import AgentRegistry, command_message, terminate_message
+from .clock import WallClock
+from .output import BatchOutput
 from .store import BatchRecord, BatchUpdate, ChildRecord, ChildUpdate
-from .views import batch_view, child_update_event, from_ts, iso
-from .writeback import WriteBack
+from .views import batch_view, child_update_event, iso
 
-__all__ = ["OUTPUT_FLUSH_S", "BatchHost", "BatchRun", "NullFeed", "Publisher", "RunSettings"]
+__all__ = ["BatchRun", "NullFeed", "Publisher", "Recorder", "RunDeps"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +43,6 @@ _RESULT_STATUS = {
     pb.CommandStatus.FAILURE: core.ChildStatus.FAILURE,
     pb.CommandStatus.TERMINATED: core.ChildStatus.TERMINATED,
 }
-#: How often output summaries, sizes and last_output_at reach the store.
-OUTPUT_FLUSH_S = 0.5
-
 _STREAM = {pb.OutputType.STDOUT: "stdout", pb.OutputType.STDERR: "stderr"}
 
 
@@ -62,67 +64,76 @@ class NullFeed:
         return False
 
 
-def _now_dt() -> datetime:
-    return datetime.now(UTC)
+class Recorder(Protocol):
+    """Where changes are persisted (``WriteBack``): recorded now, committed soon, in order."""
+
+    def child(self, update: ChildUpdate) -> None: ...
+
+    def batch(self, update: BatchUpdate) -> None: ...
+
+    def after_flush(self, callback: Callable[[], None]) -> None: ...
 
 
-@dataclasses.dataclass
-class RunSettings:
-    logs_dir: Path
-    output_cap: int
-    summary_lines: int
-    terminate_confirm_s: float
-    timers: core.BatchTimers
+@dataclasses.dataclass(frozen=True)
+class RunDeps:
+    """Everything a ``BatchRun`` uses, and nothing more."""
 
-
-class BatchHost(Protocol):
-    """What a ``BatchRun`` needs from its owner (the ``Supervisor``)."""
-
-    registry: AgentRegistry
-    writeback: WriteBack
+    agents: AgentRegistry
+    recorder: Recorder
     feed: Publisher
-    settings: RunSettings
-    cleanups: set[trio.CancelScope]
-    stopping: bool
-
-    def batch_finished(self, run: BatchRun) -> None: ...
+    clock: WallClock
+    timers: core.BatchTimers
+    output_cap: int
+    summary_lines: int = 20
 
 
 class BatchRun:
-    """One running batch: its core state, its children's scopes, logs and agent traffic."""
+    """One batch: its core state, its children's scopes, its output.
+
+    Args:
+        record: the batch as stored (children included).
+        deps: what it talks to.
+        on_final: called (synchronously) once the batch reached its final status.
+        resumed: the batch was restored after a server restart (``core.Batch.resume``).
+    """
 
     def __init__(
         self,
         record: BatchRecord,
-        host: BatchHost,
+        deps: RunDeps,
         *,
+        on_final: Callable[[BatchRun], None],
         resumed: bool = False,
     ) -> None:
         self.record = record
         self.id = record.id
-        self._sup = host
-        s = host.settings
-        tasks = []
-        for c in record.children:
-            task = core.ChildTask(c.id, c.vps_id, c.vps_name)
-            if resumed:
-                task.status = c.status
-                task.exit_code = c.exit_code
-                task.error_message = c.error_message
-            tasks.append(task)
-        self.batch = core.Batch(record.id, tasks, timeout_s=record.timeout_seconds, timers=s.timers)
+        self._deps = deps
+        self._on_final = on_final
+        self._resumed = resumed
+        if resumed:
+            tasks = [
+                core.ChildTask.restore(
+                    c.id,
+                    c.vps_id,
+                    c.vps_name,
+                    c.status,
+                    exit_code=c.exit_code,
+                    error_message=c.error_message,
+                )
+                for c in record.children
+            ]
+        else:
+            tasks = [core.ChildTask(c.id, c.vps_id, c.vps_name) for c in record.children]
+        self.batch = core.Batch(
+            record.id, tasks, timeout_s=record.timeout_seconds, timers=deps.timers
+        )
+        self.output = BatchOutput(
+            record.children, cap=deps.output_cap, summary_lines=deps.summary_lines
+        )
         self._records = {c.id: c for c in record.children}
-        # A VPS's children, so that an agent coming or going costs O(its children), not a scan
-        # of the batch (10,000 agents dropping at once would otherwise be 10⁸ checks).
-        self._by_vps: dict[int, list[core.ChildTask]] = {}
-        for task in self.batch.children.values():
-            self._by_vps.setdefault(task.vps_id, []).append(task)
-        self._sinks: dict[tuple[str, str], LogSink] = {}  # opened at a stream's first output
         self._scopes: dict[str, trio.CancelScope] = {}
-        self._dirty: set[str] = set()  # children whose output summary is not yet recorded
         self._done = {c.id: trio.Event() for c in record.children}
         self._changed = trio.Event()
-        self._resumed = resumed
         self._nursery: trio.Nursery | None = None
 
     # --- the batch's tasks -------------------------------------------------------------------
@@ -131,70 +142,41 @@ class BatchRun:
         """Run the batch to its final status. Owns the batch's nursery."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            for task in self.batch.children.values():
+                if task.is_terminal:
+                    self._done[task.child_id].set()
+                else:
+                    self._scopes[task.child_id] = trio.CancelScope()
+                    nursery.start_soon(self._child, task.child_id)
+            now = self._deps.clock.now()
             if self._resumed:
-                self._resume(nursery)
+                terminating = self.record.status is core.BatchStatus.TERMINATING
+                self._apply(self.batch.resume(now=now, user_terminated=terminating))
             else:
-                self._apply(self.batch.start(now=time.time()))
+                self._apply(self.batch.start(now=now))
             nursery.start_soon(self._deadlines)
-        self._close_logs()
+        self.output.close_all()
         logger.info("batch=%s finished: %s", self.id, self.batch.status.value)
 
-    def _resume(self, nursery: trio.Nursery) -> None:
-        """After a server restart: every live child waits for its agent to come back."""
-        terminating = self.record.status is core.BatchStatus.TERMINATING
-        self._apply(self.batch.resume(now=time.time(), user_terminated=terminating))
-        for task in self.batch.children.values():
-            if task.is_terminal:
-                self._done[task.child_id].set()
-            else:
-                nursery.start_soon(self._child_wait, task.child_id)
-
     async def _child(self, child_id: str) -> None:
+        """The child's life, in its own cancel scope; a terminate cancels it (module doc)."""
         task = self.batch.children[child_id]
-        if task.is_terminal:  # terminated before its task ran
-            return
-        session = self._sup.registry.get(task.vps_id)
-        if session is None:
-            self._handle(core.Unreachable(child_id))
-            return
-        try:
-            session.send(self._command_message(child_id))
-        except SessionClosed:
-            self._handle(core.Unreachable(child_id))
-            return
-        self._handle(core.Dispatched(child_id))
-        await self._child_wait(child_id)
-
-    async def _child_wait(self, child_id: str) -> None:
-        """Wait for the child's end; a terminate cancels the wait and cleans up, shielded."""
-        task = self.batch.children[child_id]
-        with trio.CancelScope() as scope:
-            self._scopes[child_id] = scope
+        scope = self._scopes[child_id]
+        with scope:
             await self._done[child_id].wait()
-        self._scopes.pop(child_id, None)
         if not scope.cancelled_caught or task.is_terminal:
             return
-        confirm_s = self._sup.settings.terminate_confirm_s
-        with trio.move_on_after(confirm_s, shield=True) as cleanup:
-            self._sup.cleanups.add(cleanup)
-            self._send_terminate(task)
-            await self._done[child_id].wait()
-        self._sup.cleanups.discard(cleanup)
-        if self._sup.stopping:
-            # The server is shutting down: the child stays TERMINATING in the store, and the
-            # restarted server asks the agent again (resume keeps the batch terminating).
-            return
-        if not task.is_terminal:
-            self._handle(core.TerminateUnconfirmed(child_id, confirm_s))
+        self._deps.agents.send(task.vps_id, terminate_message(child_id))
+        await self._done[child_id].wait()  # bounded by core's terminate confirmation deadline
 
     async def _deadlines(self) -> None:
+        """Feed ``Tick`` at ``core.Batch.next_deadline`` (on trio's clock)."""
         while not self.batch.is_final:
             deadline = self.batch.next_deadline()
-            delay = math.inf if deadline is None else max(deadline - time.time(), 0)
-            with trio.move_on_after(delay):
+            with trio.move_on_at(math.inf if deadline is None else deadline):
                 await self._changed.wait()
             self._changed = trio.Event()
-            if deadline is not None and time.time() >= deadline:
+            if deadline is not None and trio.current_time() >= deadline:
                 self._handle(core.Tick())
 
     # --- events in, effects out --------------------------------------------------------------
@@ -202,7 +184,7 @@ class BatchRun:
     def _handle(self, event: core.Event) -> bool:
         """Apply an event; False when the state machine refused it (nothing changed)."""
         try:
-            effects = self.batch.handle(event, now=time.time())
+            effects = self.batch.handle(event, now=self._deps.clock.now())
         except core.InvalidTransition as exc:
             logger.debug("batch=%s ignored %s: %s", self.id, event, exc)
             return False
@@ -212,56 +194,69 @@ class BatchRun:
     def _apply(self, effects: list[core.Effect]) -> None:
         for effect in effects:
             if isinstance(effect, core.SendCommand):
-                assert self._nursery is not None
-                self._nursery.start_soon(self._child, effect.child_id)
+                self._dispatch(effect.child_id)
             elif isinstance(effect, core.SendTerminate):
-                scope = self._scopes.get(effect.child_id)
-                task = self.batch.children[effect.child_id]
-                if scope is not None and not task.is_terminal:
-                    scope.cancel()
-                else:
-                    self._send_terminate(task)  # a deadline ended it: tell the agent anyway
+                self._terminate(effect.child_id)
             elif isinstance(effect, core.ChildChanged):
                 self._child_changed(effect.child_id)
             elif isinstance(effect, core.BatchChanged):
                 self._batch_changed()
 
+    def _dispatch(self, child_id: str) -> None:
+        task = self.batch.children[child_id]
+        if task.is_terminal:
+            return  # ended before its turn (terminated)
+        if self._deps.agents.send(task.vps_id, command_message(self.record, child_id)):
+            self._handle(core.Dispatched(child_id))
+        elif task.status is core.ChildStatus.PENDING:
+            self._handle(core.Unreachable(child_id))
+        else:
+            self._handle(core.AgentLost(child_id))  # sending again failed: it is away again
+
+    def _terminate(self, child_id: str) -> None:
+        task = self.batch.children[child_id]
+        scope = self._scopes.get(child_id)
+        if scope is not None and not scope.cancel_called and not task.is_terminal:
+            scope.cancel(reason=f"batch {self.id}: child {child_id} terminated")
+        else:
+            # Its scope was cancelled already, or a deadline ended it: tell the agent directly.
+            self._deps.agents.send(task.vps_id, terminate_message(child_id))
+
     def _child_changed(self, child_id: str) -> None:
         task = self.batch.children[child_id]
-        # Straight from the task (no full record): this runs for every child of every batch.
-        self._sup.writeback.child(
+        clock = self._deps.clock
+        output = self.output.take(child_id) if self.output.is_dirty(child_id) else {}
+        self._deps.recorder.child(
             ChildUpdate(
                 child_id=child_id,
                 status=task.status,
                 exit_code=task.exit_code,
-                error_message=task.error_message,
-                agent_started_at=from_ts(task.started_at),
-                agent_completed_at=from_ts(task.completed_at),
-                updated_at=from_ts(task.updated_at),
-                **(self._output_update(child_id) if child_id in self._dirty else {}),
+                error_message=self._error_message(child_id),
+                agent_started_at=clock.to_datetime(task.started_at),
+                agent_completed_at=clock.to_datetime(task.completed_at),
+                updated_at=clock.to_datetime(task.updated_at),
+                last_output_at=clock.to_datetime(task.last_output_at),
+                **output,
             )
         )
-        if self._sup.feed.has_subscribers(self.id):
+        if self._deps.feed.has_subscribers(self.id):
             # The event carries no summaries: skip decoding them.
             record = self.child_record(child_id, summaries=False)
-            self._sup.feed.publish(self.id, child_update_event(record))
+            self._deps.feed.publish(self.id, child_update_event(record))
         self._changed.set()
         if task.is_terminal:
             self._done[child_id].set()
-            for stream in STREAMS:
-                sink = self._sinks.get((child_id, stream))
-                if sink is not None:
-                    sink.close()
+            self.output.close(child_id)
 
     def _batch_changed(self) -> None:
         b = self.batch
-        updated = from_ts(b.updated_at) or _now_dt()
-        self._sup.writeback.batch(
-            BatchUpdate(
-                self.id, status=b.status, updated_at=updated, completed_at=from_ts(b.completed_at)
-            )
+        clock = self._deps.clock
+        updated = clock.to_datetime(b.updated_at if b.updated_at is not None else clock.now())
+        completed = clock.to_datetime(b.completed_at)
+        self._deps.recorder.batch(
+            BatchUpdate(self.id, status=b.status, updated_at=updated, completed_at=completed)
         )
-        self._sup.feed.publish(
+        self._deps.feed.publish(
             self.id,
             {
                 "type": "BATCH_TASK_UPDATE",
@@ -269,72 +264,49 @@ class BatchRun:
                 "overall_status": b.status.value,
                 "counts": b.counts(),
                 "updated_at": iso(updated),
-                "completed_at": iso(from_ts(b.completed_at)),
+                "completed_at": iso(completed),
             },
         )
         if b.is_final:
             self._changed.set()
-            self._sup.batch_finished(self)
+            self._on_final(self)
 
-    def _sink(self, child_id: str, stream: str) -> LogSink:
-        sink = self._sinks.get((child_id, stream))
-        if sink is None:
-            record = self._records[child_id]
-            path = record.stdout_log_path if stream == "stdout" else record.stderr_log_path
-            summary = record.stdout_summary if stream == "stdout" else record.stderr_summary
-            assert path is not None
-            settings = self._sup.settings
-            sink = self._sinks[(child_id, stream)] = LogSink(
-                Path(path),
-                cap=settings.output_cap,
-                summary_lines=settings.summary_lines,
-                summary=list(summary),
-            )
-        return sink
-
-    def _output_fields(self, child_id: str, *, summaries: bool = True) -> dict[str, Any]:
-        """The child's output facts: from its open logs, else as stored (``summaries=False``
-        keeps the stored summaries, which saves decoding lines nobody will read)."""
-        record = self._records[child_id]
-        fields: dict[str, Any] = {
-            "stdout_summary": record.stdout_summary,
-            "stderr_summary": record.stderr_summary,
-            "stdout_bytes": record.stdout_bytes,
-            "stderr_bytes": record.stderr_bytes,
-            "truncated": record.truncated,
-        }
-        for stream in STREAMS:
-            sink = self._sinks.get((child_id, stream))
-            if sink is not None:
-                if summaries:
-                    fields[f"{stream}_summary"] = tuple(sink.summary.lines())
-                fields[f"{stream}_bytes"] = sink.size
-                fields["truncated"] = fields["truncated"] or sink.truncated or bool(sink.error)
-        return fields
-
-    def _output_update(self, child_id: str) -> dict[str, Any]:
-        self._dirty.discard(child_id)
-        return {
-            **self._output_fields(child_id),
-            "last_output_at": from_ts(self.batch.children[child_id].last_output_at),
-        }
+    def _error_message(self, child_id: str) -> str | None:
+        """The child's error, and why output was lost if a log could not be written."""
+        message = self.batch.children[child_id].error_message
+        loss = self.output.loss(child_id)
+        if loss is None:
+            return message
+        return f"{message}; {loss}" if message else loss
 
     def flush_output(self) -> None:
-        """Record summaries of children whose output changed since the last flush."""
-        for child_id in list(self._dirty):
-            self._sup.writeback.child(
-                ChildUpdate(child_id=child_id, **self._output_update(child_id))
+        """Record the output facts of children whose output changed since the last flush."""
+        for child_id in self.output.dirty():
+            fields = self.output.take(child_id)
+            task = self.batch.children[child_id]
+            self._deps.recorder.child(
+                ChildUpdate(
+                    child_id=child_id,
+                    last_output_at=self._deps.clock.to_datetime(task.last_output_at),
+                    error_message=self._error_message(child_id),
+                    **fields,
+                )
             )
 
     # --- agent traffic (synchronous, from the router) ----------------------------------------
 
     def on_ack(self, ack: pb.BatchCommandAck) -> None:
-        self._handle(core.Acked(ack.command_id, ack.accepted, ack.reason[:1000]))
+        if ack.accepted:
+            self._handle(core.Acked(ack.command_id))
+        else:
+            self._handle(core.Rejected(ack.command_id, ack.reason[:1000]))
 
     def on_started(self, started: pb.BatchCommandStarted) -> None:
         self._handle(core.Started(started.command_id, max(started.pid, 0)))
 
     def on_output(self, out: pb.BatchCommandOutputStream) -> None:
+        """Store a chunk, whatever the child's status: a chunk that arrives after the child
+        ended (its agent was away) still completes the log."""
         stream = _STREAM.get(out.stream_type)
         if stream is None:
             logger.info(
@@ -344,31 +316,32 @@ class BatchRun:
                 out.stream_type,
             )
             return
-        task = self.batch.children[out.command_id]
-        if task.is_terminal:
-            return  # a re-sent chunk after the end: the log is complete
-        sink = self._sink(out.command_id, stream)
-        written = sink.write(out.chunk, out.offset)
-        self._handle(core.OutputSeen(out.command_id))
+        child_id = out.command_id
+        task = self.batch.children[child_id]
+        written = self.output.write(child_id, stream, out.chunk, out.offset)
+        if not task.is_terminal:
+            self._handle(core.OutputSeen(child_id))
         if written is None:
             return
-        self._dirty.add(out.command_id)
-        if not self._sup.feed.has_subscribers(self.id):
-            sink.skip()
-        else:
-            self._sup.feed.publish(
-                self.id,
-                {
-                    "type": "NEW_LOG_OUTPUT",
-                    "child_command_id": out.command_id,
-                    "vps_id": task.vps_id,
-                    "stream": stream,
-                    "offset": written.offset,
-                    "data": sink.text(written),
-                },
-            )
+        if task.is_terminal:
+            self.output.close(child_id)
+        if not self._deps.feed.has_subscribers(self.id):
+            self.output.unwatched(child_id, stream)
+            return
+        self._deps.feed.publish(
+            self.id,
+            {
+                "type": "NEW_LOG_OUTPUT",
+                "child_command_id": child_id,
+                "vps_id": task.vps_id,
+                "stream": stream,
+                "offset": written.offset,
+                "data": self.output.text(child_id, stream, written),
+            },
+        )
 
     def on_result(self, result: pb.BatchCommandResult) -> bool:
+        """Apply a result; ``False`` when it changed nothing (a duplicate)."""
         status = _RESULT_STATUS.get(result.status)
         error = result.error_message[:10_000] or None
         if status is None:
@@ -376,23 +349,14 @@ class BatchRun:
             error = f"the agent reported an unknown status ({result.status}); {error or ''}"
         return self._handle(core.Finished(result.command_id, status, result.exit_code, error))
 
-    def agent_lost(self, vps_id: int) -> None:
-        for task in self._by_vps.get(vps_id, ()):
-            if not task.is_terminal and task.sent_at is not None:
-                self._handle(core.AgentLost(task.child_id))
+    def agent_connected(self, vps_id: int, open_ids: Collection[str] | None) -> None:
+        if self.batch.children_of(vps_id):
+            now = self._deps.clock.now()
+            self._apply(self.batch.agent_connected(vps_id, open_ids, now=now))
 
-    def agent_returned(self, vps_id: int, session: AgentSession) -> None:
-        for task in self._by_vps.get(vps_id, ()):
-            if task.is_terminal or task.lost_since is None:
-                continue
-            self._handle(core.AgentReturned(task.child_id))
-            if task.status is core.ChildStatus.TERMINATING:
-                self._send_terminate(task)
-            elif task.status is core.ChildStatus.SENT_TO_AGENT:
-                # The request may have been lost with the old stream; the agent ignores a
-                # request for a command id it already has (it acknowledges it again).
-                with contextlib.suppress(SessionClosed):
-                    session.send(self._command_message(task.child_id))
+    def agent_lost(self, vps_id: int) -> None:
+        if self.batch.children_of(vps_id):
+            self._apply(self.batch.agent_lost(vps_id, now=self._deps.clock.now()))
 
     def terminate(self, child_id: str | None = None) -> None:
         if child_id is None:
@@ -406,25 +370,27 @@ class BatchRun:
         """The child as the API shows it now (live state over the stored record)."""
         task = self.batch.children[child_id]
         base = self._records[child_id]
+        clock = self._deps.clock
         return dataclasses.replace(
             base,
             status=task.status,
             exit_code=task.exit_code,
-            error_message=task.error_message,
-            updated_at=from_ts(task.updated_at) or base.updated_at,
-            agent_started_at=from_ts(task.started_at) or base.agent_started_at,
-            agent_completed_at=from_ts(task.completed_at) or base.agent_completed_at,
-            last_output_at=from_ts(task.last_output_at) or base.last_output_at,
-            **self._output_fields(child_id, summaries=summaries),
+            error_message=self._error_message(child_id),
+            updated_at=clock.to_datetime(task.updated_at) or base.updated_at,
+            agent_started_at=clock.to_datetime(task.started_at) or base.agent_started_at,
+            agent_completed_at=clock.to_datetime(task.completed_at) or base.agent_completed_at,
+            last_output_at=clock.to_datetime(task.last_output_at) or base.last_output_at,
+            **self.output.fields(child_id, summaries=summaries),
         )
 
     def snapshot(self) -> BatchRecord:
         b = self.batch
+        clock = self._deps.clock
         return dataclasses.replace(
             self.record,
             status=b.status,
-            updated_at=from_ts(b.updated_at) or self.record.updated_at,
-            completed_at=from_ts(b.completed_at),
+            updated_at=clock.to_datetime(b.updated_at) or self.record.updated_at,
+            completed_at=clock.to_datetime(b.completed_at),
             counts=b.counts(),
             children=tuple(self.child_record(c) for c in self.batch.children),
         )
@@ -432,40 +398,3 @@ class BatchRun:
     def view(self) -> dict[str, Any]:
         return batch_view(self.snapshot())
 
-    # --- helpers -----------------------------------------------------------------------------
-
-    def _command_message(self, child_id: str) -> pb.MessageToAgent:
-        r = self.record
-        kind = (
-            pb.CommandType.SAVED_SCRIPT
-            if r.command_type == "SAVED_SCRIPT"
-            else pb.CommandType.ADHOC_COMMAND
-        )
-        return pb.MessageToAgent(
-            batch_agent_command_request=pb.BatchAgentCommandRequest(
-                command_id=child_id,
-                type=kind,
-                content=r.command_content,
-                working_directory=r.working_directory or "",
-                timeout_seconds=r.timeout_seconds,
-            )
-        )
-
-    def _send_terminate(self, task: core.ChildTask) -> None:
-        session = self._sup.registry.get(task.vps_id)
-        if session is None:
-            return  # sent again when the agent comes back (agent_returned)
-        try:
-            session.send(
-                pb.MessageToAgent(
-                    batch_terminate_command_request=pb.BatchTerminateCommandRequest(
-                        command_id=task.child_id
-                    )
-                )
-            )
-        except SessionClosed:
-            pass
-
-    def _close_logs(self) -> None:
-        for sink in self._sinks.values():
-            sink.close()

@@ -48,22 +48,22 @@ async def run_agents(
         if ids and all(services.registry.is_online(i) for i in ids):
             all_online.set()
 
-    services.registry.subscribe(check)
     async with trio.open_nursery() as nursery:
-        for i in range(1, config.demo + 1):
-            vps_id, secret = await _register(services, f"demo-{i}")
-            ids.append(vps_id)
-            agent = AgentConfig(
-                server=services.grpc_address,
-                vps_id=vps_id,
-                secret=Secret(secret),
-                log_level=config.log_level,
-                # With --tls-cert, a demo agent trusts that certificate (self-signed is fine).
-                tls=config.tls,
-                ca_file=config.tls_cert,
-            )
-            nursery.start_soon(run_agent, agent)
-        check(0, True)
-        with trio.move_on_after(30):
-            await all_online.wait()
+        with services.registry.subscribe(check):
+            for i in range(1, config.demo + 1):
+                vps_id, secret = await _register(services, f"demo-{i}")
+                ids.append(vps_id)
+                agent = AgentConfig(
+                    server=services.grpc_address,
+                    vps_id=vps_id,
+                    secret=Secret(secret),
+                    log_level=config.log_level,
+                    # With --tls-cert, a demo agent trusts that certificate (self-signed is fine).
+                    tls=config.tls,
+                    ca_file=config.tls_cert,
+                )
+                nursery.start_soon(run_agent, agent)
+            check(0, True)
+            with trio.move_on_after(30):
+                await all_online.wait()
         task_status.started(ids)

@@ -52,12 +52,18 @@ class LogSink:
         )
         self._file: BinaryIO | None = None
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._stored = position
         self.error: str | None = None  # set when writing the file failed
 
     @property
     def size(self) -> int:
         """Bytes of the stream seen so far (kept or cut by the cap)."""
         return self.cursor.position
+
+    @property
+    def stored(self) -> int:
+        """Bytes of the stream that are in the log file (what a download returns)."""
+        return self._stored
 
     @property
     def truncated(self) -> bool:
@@ -86,10 +92,14 @@ class LogSink:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = open(self.path, "ab", buffering=0)
-            self._file.write(data)
+            written = self._file.write(data)
+            self._stored += written or 0
+            if written != len(data):
+                raise OSError(f"short write ({written} of {len(data)} bytes)")
         except OSError as exc:  # disk full, permissions: keep serving, say so once
             self.error = (
-                f"the log could not be written ({exc.strerror or exc}); later output is lost"
+                f"output from byte {self._stored} on was lost: the log could not be written "
+                f"({exc.strerror or exc})"
             )
             logger.error("log=%s %s", self.path, self.error)
             self.close()

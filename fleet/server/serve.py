@@ -13,7 +13,6 @@ Task tree::
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -25,9 +24,11 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from fleet import core
 
-from . import api_inventory, rpc
+from . import rpc
 from .agents import AgentRegistry, Credentials, hash_secret, new_secret
 from .api import Services, create_app
+from .batchrun import RunDeps
+from .clock import WallClock
 from .config import ServerConfig
 from .dbthread import DbThread, open_db_thread
 from .feed import FeedHub
@@ -108,19 +109,20 @@ async def serve(
         registry = AgentRegistry()
         hub = FeedHub()
         writeback = WriteBack(db, interval_s=config.flush_interval_s)
-        supervisor = Supervisor(
-            registry,
-            writeback,
-            logs_dir=data_dir / "logs",
-            output_cap=config.output_cap_bytes,
-            summary_lines=config.summary_lines,
-            terminate_confirm_s=config.terminate_confirm_s,
+        deps = RunDeps(
+            agents=registry,
+            recorder=writeback,
+            feed=hub,
+            clock=WallClock(),
             timers=core.BatchTimers(
                 reconnect_grace_s=config.reconnect_grace_s,
                 result_slack_s=config.result_slack_s,
+                terminate_confirm_s=config.terminate_confirm_s,
             ),
-            feed=hub,
+            output_cap=config.output_cap_bytes,
+            summary_lines=config.summary_lines,
         )
+        supervisor = Supervisor(deps, writeback, feed=hub)
         services = Services(
             config=config,
             db=db,
@@ -130,7 +132,6 @@ async def serve(
             hub=hub,
             token_hashes=set(await db.run(Store.token_hashes)),
         )
-        supervisor.on_agent = functools.partial(api_inventory.agent_seen, services)
         async with trio.open_nursery() as nursery:
             await nursery.start(writeback.run)
             await nursery.start(supervisor.run)

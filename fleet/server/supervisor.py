@@ -2,44 +2,49 @@
 
 A batch's life through the modules::
 
-    api.create_batch ─ store.create_batch (one transaction) ─ Supervisor.submit
+    api: store.create_batch (one transaction) ─ Supervisor.submit
       └─ BatchRun.run (its own nursery, under the supervisor's batch nursery)
-           ├─ core.Batch.start → SendCommand per child → BatchRun._child (cancel scope each)
-           │     registry has the agent? send BatchAgentCommandRequest → Dispatched
-           │                             else → Unreachable (AGENT_UNREACHABLE at once)
-           │     wait until terminal; cancelled by a terminate → shielded, bounded cleanup:
-           │     send BatchTerminateCommandRequest, wait for the agent's answer, else
-           │     TerminateUnconfirmed
-           └─ BatchRun._deadlines: Tick at core.Batch.next_deadline (reconnect grace, timeout)
-    rpc (agent messages) ─ Supervisor.message (sync router: command id → its BatchRun, only for
-      the VPS it was sent to) ─ core events (Acked, Started, OutputSeen, Finished) ─ effects:
-      ChildChanged/BatchChanged → WriteBack (persist, batched) + publish (feed);
-      a result → BatchResultAck once it is committed.
+           ├─ core.Batch.start → SendCommand per child: agent connected? send the request →
+           │     Dispatched, else Unreachable (AGENT_UNREACHABLE at once)
+           ├─ BatchRun._child per VPS (a cancel scope each) until the child is terminal;
+           │     a terminate cancels it: tell the agent, wait for its answer
+           └─ BatchRun._deadlines: Tick at core.Batch.next_deadline (reconnect grace,
+                 terminate confirmation, result deadline)
+    rpc (agent streams) ─ Supervisor.connected / message / disconnected (synchronous):
+      presence (last seen, handshake facts, the /ws/vps feed), reconciliation of every batch
+      with the agent's open commands, and reports routed by command id to their BatchRun (only
+      from the VPS it was sent to) ─ core events ─ effects: persist (WriteBack) and publish;
+      a result is acknowledged to the agent once it is committed.
 
 ``core.Batch`` decides; this module only carries out its effects. Everything here runs on the
 trio thread, synchronously except the tasks, so a batch has a single writer and needs no locks.
+
+A final batch stays routable for ``retain_s``: output and a result that arrive after the server
+ended a child (its agent was away too long) still reach its log and its ``agent_reported``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import betterproto2
 import trio
 
-from fleet import core
 from fleet.proto import agent_service as pb
 
-from .agents import AgentInfo, AgentRegistry, AgentSession, SessionClosed
-from .batchrun import OUTPUT_FLUSH_S, BatchRun, NullFeed, Publisher, RunSettings
+from .agents import AgentInfo, AgentRegistry, AgentSession, SessionClosed, result_ack_message
+from .batchrun import BatchRun, NullFeed, Publisher, RunDeps
 from .store import BatchRecord
+from .views import iso
 from .writeback import WriteBack
 
-__all__ = ["Supervisor"]
+__all__ = ["OUTPUT_FLUSH_S", "Supervisor"]
 
 logger = logging.getLogger(__name__)
+
+#: How often output summaries, sizes and last_output_at reach the store.
+OUTPUT_FLUSH_S = 0.5
 
 _REPORTS = (
     pb.BatchCommandOutputStream,
@@ -50,40 +55,32 @@ _REPORTS = (
 
 
 class Supervisor:
-    """Owns the running batches and routes agent traffic to them.
+    """Owns the running batches, agent presence, and routes agent traffic to the batches.
 
     Implements ``fleet.server.rpc.AgentHooks``. Start ``run`` with ``nursery.start``.
+
+    Args:
+        deps: what every batch uses (its ``recorder`` is this ``writeback``).
+        writeback: the store's write-behind queue (also for presence).
+        retain_s: how long a final batch still takes late reports.
     """
 
     def __init__(
         self,
-        registry: AgentRegistry,
+        deps: RunDeps,
         writeback: WriteBack,
         *,
-        logs_dir: Path,
-        output_cap: int,
-        summary_lines: int = 20,
-        terminate_confirm_s: float = 15.0,
-        timers: core.BatchTimers | None = None,
         feed: Publisher | None = None,
-        on_agent: Callable[[int, AgentInfo | None], None] | None = None,
+        retain_s: float = 600.0,
     ) -> None:
-        self.registry = registry
-        self.writeback = writeback
-        self.feed: Publisher = feed or NullFeed()
-        self.settings = RunSettings(
-            logs_dir=logs_dir,
-            output_cap=output_cap,
-            summary_lines=summary_lines,
-            terminate_confirm_s=terminate_confirm_s,
-            timers=timers or core.BatchTimers(),
-        )
-        #: Called with (vps_id, handshake info or None) when an agent comes or goes.
-        self.on_agent = on_agent
-        self._runs: dict[str, BatchRun] = {}
-        self.cleanups: set[trio.CancelScope] = set()  # shielded terminate cleanups under way
-        self.stopping = False
-        self._owner: dict[str, BatchRun] = {}  # child id → its batch
+        self.deps = deps
+        self.registry: AgentRegistry = deps.agents
+        self._writeback = writeback
+        self._feed: Publisher = feed or NullFeed()
+        self._retain_s = retain_s
+        self._runs: dict[str, BatchRun] = {}  # batches the API reads from memory
+        self._owner: dict[str, BatchRun] = {}  # child id → its batch (running or retained)
+        self._retained: list[tuple[float, BatchRun]] = []  # final batches, oldest first
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -91,24 +88,13 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._flush_output)
-            nursery.start_soon(self._cut_cleanups_on_shutdown)
             task_status.started()
             await trio.sleep_forever()
-
-    async def _cut_cleanups_on_shutdown(self) -> None:
-        """On shutdown, end the shielded terminate cleanups at once: they would otherwise hold
-        the server up to ``terminate_confirm_s`` each."""
-        try:
-            await trio.sleep_forever()
-        finally:
-            self.stopping = True
-            for scope in list(self.cleanups):
-                scope.cancel()
 
     def submit(self, record: BatchRecord, *, resumed: bool = False) -> BatchRun:
         """Start running a stored batch (``resumed`` after a server restart)."""
         assert self._nursery is not None, "Supervisor.run is not running"
-        run = BatchRun(record, self, resumed=resumed)
+        run = BatchRun(record, self.deps, on_final=self._finished, resumed=resumed)
         self._runs[run.id] = run
         for child_id in run.batch.children:
             self._owner[child_id] = run
@@ -116,41 +102,52 @@ class Supervisor:
         return run
 
     def get(self, batch_id: str) -> BatchRun | None:
+        """A batch the store may not show up to date yet (running, or final but not flushed)."""
         return self._runs.get(batch_id)
 
-    def batch_finished(self, run: BatchRun) -> None:
-        """Forget a final batch once its last changes are committed (until then the API
-        reads it from memory, so nobody sees the store's older state)."""
+    def running(self) -> list[BatchRun]:
+        return list(self._runs.values())
+
+    def _finished(self, run: BatchRun) -> None:
+        """Once its last changes are committed, the API reads a final batch from the store
+        (until then from memory, so nobody sees older state). It stays routable a while."""
         run.flush_output()
 
-        def forget() -> None:
+        def committed() -> None:
             self._runs.pop(run.id, None)
+            self._retained.append((trio.current_time() + self._retain_s, run))
+
+        self._writeback.after_flush(committed)
+
+    def _forget_expired(self) -> None:
+        now = trio.current_time()
+        while self._retained and self._retained[0][0] <= now:
+            _, run = self._retained.pop(0)
             for child_id in run.batch.children:
                 if self._owner.get(child_id) is run:
                     del self._owner[child_id]
-
-        self.writeback.after_flush(forget)
 
     async def _flush_output(self) -> None:
         """Record output summaries and sizes every ``OUTPUT_FLUSH_S`` (never per chunk)."""
         while True:
             await trio.sleep(OUTPUT_FLUSH_S)
-            for run in list(self._runs.values()):
+            for run in self._runs.values():
                 run.flush_output()
+            for _, run in self._retained:
+                run.flush_output()
+            self._forget_expired()
 
     # --- AgentHooks --------------------------------------------------------------------------
 
     def connected(self, session: AgentSession, info: AgentInfo) -> None:
-        if self.on_agent is not None:
-            self.on_agent(session.vps_id, info)
+        self._presence(session.vps_id, info)
         for run in list(self._runs.values()):
-            run.agent_returned(session.vps_id, session)
+            run.agent_connected(session.vps_id, info.open_command_ids)
 
     def disconnected(self, session: AgentSession) -> None:
         if self.registry.get(session.vps_id) is not None:
             return  # a newer stream replaced this one: nothing was lost
-        if self.on_agent is not None:
-            self.on_agent(session.vps_id, None)
+        self._presence(session.vps_id, None)
         for run in list(self._runs.values()):
             run.agent_lost(session.vps_id)
 
@@ -158,27 +155,27 @@ class Supervisor:
         _, payload = betterproto2.which_one_of(message, "payload")
         if not isinstance(payload, _REPORTS):
             return  # a payload this server does not implement (or a repeated handshake)
+        command_id = payload.command_id
         is_result = isinstance(payload, pb.BatchCommandResult)
-        run = self._owner.get(payload.command_id)
-        if run is None or run.batch.children[payload.command_id].vps_id != session.vps_id:
+        run = self._owner.get(command_id)
+        if run is None or run.batch.children[command_id].vps_id != session.vps_id:
             if run is not None:
                 logger.warning(
                     "vps=%s reported on command %s of another VPS; dropped",
                     session.vps_id,
-                    payload.command_id,
+                    command_id,
                 )
-            if is_result:
-                # Finished earlier (or unknown): acknowledge so the agent stops re-sending.
-                self._ack_result(session, payload.command_id)
+            elif is_result:
+                # Finished long ago (or unknown): acknowledge so the agent stops re-sending.
+                self._ack_result(session, command_id)
             return
         if isinstance(payload, pb.BatchCommandOutputStream):
             run.on_output(payload)
         elif isinstance(payload, pb.BatchCommandResult):
-            command_id = payload.command_id
             if run.on_result(payload):
-                self.writeback.after_flush(lambda: self._ack_result(session, command_id))
+                self._writeback.after_flush(lambda: self._ack_result(session, command_id))
             else:
-                self._ack_result(session, command_id)  # duplicate or late
+                self._ack_result(session, command_id)  # a duplicate
         elif isinstance(payload, pb.BatchCommandAck):
             run.on_ack(payload)
         else:
@@ -189,8 +186,23 @@ class Supervisor:
         if target is None:
             return  # the agent re-sends after reconnecting and is acknowledged then
         try:
-            target.send(
-                pb.MessageToAgent(batch_result_ack=pb.BatchResultAck(command_id=command_id))
-            )
+            target.send(result_ack_message(command_id))
         except SessionClosed:
             pass
+
+    def _presence(self, vps_id: int, info: AgentInfo | None) -> None:
+        """Record an agent's arrival (with its handshake) or departure, and publish it."""
+        now = self.deps.clock.to_datetime(self.deps.clock.now())
+        assert now is not None
+        event: dict[str, Any] = {"id": vps_id, "online": info is not None, "last_seen_at": iso(now)}
+        if info is not None:
+            self._writeback.agent_info(vps_id, info, now)
+            event |= {
+                "hostname": info.hostname,
+                "os": info.os_name or info.os_type,
+                "agent_version": info.agent_version,
+            }
+        else:
+            self._writeback.vps_seen(vps_id, now)
+        self._feed.publish("vps", {"type": "VPS_UPDATE", "vps": event})
+

@@ -64,10 +64,10 @@ async def wait_online(server: Endpoints, vps_id: int, online: bool = True) -> No
         if changed_id == vps_id:
             changed.set()
 
-    registry.subscribe(listener)
-    while registry.is_online(vps_id) != online:
-        await changed.wait()
-        changed = trio.Event()
+    with registry.subscribe(listener):
+        while registry.is_online(vps_id) != online:
+            await changed.wait()
+            changed = trio.Event()
 
 
 async def batch_view(server: Endpoints, batch_id: str) -> dict[str, Any]:
