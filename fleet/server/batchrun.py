@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable, Collection
+from datetime import datetime
 from typing import Any, Protocol
 
 import trio
@@ -28,7 +29,7 @@ import trio
 from fleet import core
 from fleet.proto import agent_service as pb
 
-from .agents import AgentRegistry, command_message, terminate_message
+from .agents import AgentInfo, AgentRegistry, command_message, terminate_message
 from .clock import WallClock
 from .output import BatchOutput
 from .store import BatchRecord, BatchUpdate, ChildRecord, ChildUpdate
@@ -71,7 +72,12 @@ class Recorder(Protocol):
 
     def batch(self, update: BatchUpdate) -> None: ...
 
-    def after_flush(self, callback: Callable[[], None]) -> None: ...
+    def agent_info(self, vps_id: int, info: AgentInfo, at: datetime) -> None: ...
+
+    def vps_seen(self, vps_id: int, at: datetime) -> None: ...
+
+    def after_flush(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once everything recorded so far is committed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,4 +403,3 @@ class BatchRun:
 
     def view(self) -> dict[str, Any]:
         return batch_view(self.snapshot())
-

@@ -66,7 +66,9 @@ class BatchOutput:
             if sink is not None:
                 if summaries:
                     fields[f"{stream}_summary"] = tuple(sink.summary.lines())
-                fields[f"{stream}_bytes"] = sink.stored
+                # Bytes the agent produced (the cap cuts the log, the count goes on), but only
+                # what is in the log once writing it failed: a count never claims lost bytes.
+                fields[f"{stream}_bytes"] = sink.stored if sink.error else sink.size
                 fields["truncated"] = fields["truncated"] or sink.truncated or bool(sink.error)
         return fields
 

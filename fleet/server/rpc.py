@@ -161,6 +161,9 @@ def _info(handshake: pb.AgentHandshake) -> AgentInfo:
         arch=handshake.arch[:64],
         kernel_version=handshake.kernel_version[:255],
         agent_version=handshake.agent_version[:64],
+        open_command_ids=(
+            frozenset(handshake.open_command_ids) if handshake.open_command_ids_complete else None
+        ),
     )
 
 

@@ -122,7 +122,7 @@ async def serve(
             output_cap=config.output_cap_bytes,
             summary_lines=config.summary_lines,
         )
-        supervisor = Supervisor(deps, writeback, feed=hub)
+        supervisor = Supervisor(deps)
         services = Services(
             config=config,
             db=db,

@@ -34,10 +34,9 @@ import trio
 from fleet.proto import agent_service as pb
 
 from .agents import AgentInfo, AgentRegistry, AgentSession, SessionClosed, result_ack_message
-from .batchrun import BatchRun, NullFeed, Publisher, RunDeps
+from .batchrun import BatchRun, Publisher, RunDeps
 from .store import BatchRecord
 from .views import iso
-from .writeback import WriteBack
 
 __all__ = ["OUTPUT_FLUSH_S", "Supervisor"]
 
@@ -60,23 +59,16 @@ class Supervisor:
     Implements ``fleet.server.rpc.AgentHooks``. Start ``run`` with ``nursery.start``.
 
     Args:
-        deps: what every batch uses (its ``recorder`` is this ``writeback``).
-        writeback: the store's write-behind queue (also for presence).
+        deps: what every batch uses; its recorder also takes agent presence, and its feed the
+            ``vps`` topic.
         retain_s: how long a final batch still takes late reports.
     """
 
-    def __init__(
-        self,
-        deps: RunDeps,
-        writeback: WriteBack,
-        *,
-        feed: Publisher | None = None,
-        retain_s: float = 600.0,
-    ) -> None:
+    def __init__(self, deps: RunDeps, *, retain_s: float = 600.0) -> None:
         self.deps = deps
         self.registry: AgentRegistry = deps.agents
-        self._writeback = writeback
-        self._feed: Publisher = feed or NullFeed()
+        self._writeback = deps.recorder
+        self._feed: Publisher = deps.feed
         self._retain_s = retain_s
         self._runs: dict[str, BatchRun] = {}  # batches the API reads from memory
         self._owner: dict[str, BatchRun] = {}  # child id → its batch (running or retained)
@@ -165,7 +157,7 @@ class Supervisor:
                     session.vps_id,
                     command_id,
                 )
-            elif is_result:
+            if is_result:
                 # Finished long ago (or unknown): acknowledge so the agent stops re-sending.
                 self._ack_result(session, command_id)
             return
@@ -205,4 +197,3 @@ class Supervisor:
         else:
             self._writeback.vps_seen(vps_id, now)
         self._feed.publish("vps", {"type": "VPS_UPDATE", "vps": event})
-
