@@ -25,12 +25,14 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from fleet import core
 
-from . import api_inventory, rpc
+from . import rpc
 from .agents import AgentRegistry, Credentials, hash_secret, new_secret
-from .api import Services, create_app
 from .config import ServerConfig
 from .dbthread import DbThread, open_db_thread
-from .feed import FeedHub
+from .http import routes_vps
+from .http.app import create_app
+from .http.common import Services
+from .http.feed import FeedHub
 from .store import Store
 from .supervisor import Supervisor
 from .writeback import WriteBack
@@ -130,7 +132,7 @@ async def serve(
             hub=hub,
             token_hashes=set(await db.run(Store.token_hashes)),
         )
-        supervisor.on_agent = functools.partial(api_inventory.agent_seen, services)
+        supervisor.on_agent = functools.partial(routes_vps.agent_seen, services)
         async with trio.open_nursery() as nursery:
             await nursery.start(writeback.run)
             await nursery.start(supervisor.run)
@@ -139,7 +141,6 @@ async def serve(
             grpc_host, _ = config.grpc_endpoint
             services.grpc_address = f"{_url_host(grpc_host)}:{grpc_port}"
             http_url = await nursery.start(_serve_http, config, services)
-            services.http_address = http_url
             if config.demo:
                 from . import demo
 
