@@ -3,8 +3,9 @@
 Layers (a module may depend on modules of lower layers, and on modules of its own layer in one
 direction only; no import cycles):
 
-1. ``fleet.proto`` (generated wire messages) and ``fleet.core`` (sans-I/O domain: statuses,
-   state machines, output bookkeeping, request validation).
+1. ``fleet.proto`` (generated wire messages), ``fleet.core`` (sans-I/O domain: statuses,
+   state machines, output bookkeeping, request validation) and ``fleet.logformat`` (the
+   commands' text or JSON log lines).
 2. ``fleet.agent`` (the daemon on every VPS; never imports ``fleet.server``) and the ``fleet``
    CLI: ``fleet.client`` (the REST client), ``fleet.watch`` (the live feed), ``fleet.console``
    (printing), ``fleet.commands`` and ``fleet.cli`` (flags and dispatch); none of them imports
@@ -30,3 +31,7 @@ trio through trio-asyncio).
 from __future__ import annotations
 
 __version__ = "0.1.0"
+#: The distribution's name on the package index (``pip install fleet-run``); ``fleet`` there is
+#: another project. The import package stays ``fleet``, the commands ``fleet-server``,
+#: ``fleet-agent`` and ``fleet``.
+DISTRIBUTION = "fleet-run"

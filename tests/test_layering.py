@@ -53,7 +53,7 @@ ASYNCIO_FAMILY = {"asyncio", "trio_asyncio", "grpclib"}
 
 #: The layers of fleet/__init__.py's docstring (lowest first); checked against it below.
 LAYERS: list[list[str]] = [
-    ["fleet.proto", "fleet.core"],
+    ["fleet.proto", "fleet.core", "fleet.logformat"],
     [
         "fleet.agent",
         "fleet.client",

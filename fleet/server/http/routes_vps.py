@@ -14,6 +14,7 @@ from typing import Any
 from quart import Response, websocket
 from quart_trio import QuartTrio
 
+import fleet
 from fleet import core
 from fleet.server.agents import AgentInfo, hash_secret, new_secret
 from fleet.server.store import Store, VpsRecord
@@ -32,6 +33,11 @@ def agent_command(services: Services, vps_id: int) -> str:
         f"--vps-id {vps_id} "
         f"--secret-file /etc/fleet-agent/secret{' --tls' if services.config.tls else ''}"
     )
+
+
+def _agent_install() -> str:
+    """How to install an agent that speaks this server's protocol version (on Python ≥ 3.10)."""
+    return f"python3 -m pip install '{fleet.DISTRIBUTION}=={fleet.__version__}'"
 
 
 def register(app: QuartTrio, services: Services) -> None:
@@ -54,6 +60,7 @@ def register(app: QuartTrio, services: Services) -> None:
         body = view(record) | {
             "agent_secret": secret,
             "agent_command": agent_command(services, record.id),
+            "agent_install": _agent_install(),
         }
         return json_response(body, 201)
 
@@ -88,6 +95,7 @@ def register(app: QuartTrio, services: Services) -> None:
                 "id": ident,
                 "agent_secret": secret,
                 "agent_command": agent_command(services, ident),
+                "agent_install": _agent_install(),
             }
         )
 
