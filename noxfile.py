@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import glob
+import os
 import pathlib
+import shutil
+import subprocess
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "compat", "agent310"]
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 
 ROOT = pathlib.Path(__file__).parent
 PROTO_DIR = ROOT / "fleet" / "proto"
 PROTO_SOURCES = ["batch_command.proto", "handshake.proto", "messages.proto", "service.proto"]
+#: What installs and runs on Python 3.10 (Ubuntu 22.04): the agent, the `fleet` CLI and what
+#: they import (mypy follows the imports from these modules and packages).
+COMPAT_310_MYPY = ["-p", "fleet.agent", "-p", "fleet.core", "-m", "fleet", "-m", "fleet.cli",
+                   "-m", "fleet.__main__", "-m", "fleet.logformat"]  # fmt: skip
+COMPAT_310_RUFF = ["fleet/__init__.py", "fleet/__main__.py", "fleet/logformat.py",
+                   "fleet/server/__init__.py", "fleet/agent", "fleet/core",
+                   *glob.glob("fleet/cli*"), "fleet/client.py", "fleet/watch.py",
+                   "fleet/console.py", "fleet/commands.py"]  # fmt: skip
+#: The tests that run on Python 3.10 (they import neither the server nor its dependencies).
+TESTS_310 = ["tests/agent", "tests/core", "tests/test_python310.py"]
 
 
 @nox.session
@@ -27,6 +41,8 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "--ignore=tests/browser", *common)
     if session.posargs:
         return  # a chosen subset: no browser run, no coverage gate
+    session.notify("compat")  # quick: ruff + mypy as Python 3.10
+    session.notify("agent310")  # the agent's tests on 3.10 (skipped, saying why, without one)
     session.run("pytest", "tests/browser", "--cov-append", *common)
     session.run("coverage", "report", "--skip-covered")
     session.run("coverage", "json", "-o", ".nox/coverage.json")
@@ -44,6 +60,54 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("mypy")
+
+
+@nox.session
+def compat(session: nox.Session) -> None:
+    """The agent and the `fleet` CLI stay Python 3.10 code: ruff and mypy with a 3.10 target."""
+    session.install("-e", ".", "ruff>=0.6", "mypy>=1.11", "prometheus-client>=0.20")
+    paths = [path for path in COMPAT_310_RUFF if os.path.exists(path)]
+    session.run("ruff", "check", "--target-version", "py310", *paths)
+    session.run("mypy", "--python-version", "3.10", *COMPAT_310_MYPY)
+
+
+def _python310() -> str | None:
+    """A working Python 3.10: ``$FLEET_PYTHON310``, ``python3.10`` on PATH, or pyenv's."""
+    candidates = [
+        os.environ.get("FLEET_PYTHON310"),
+        shutil.which("python3.10"),
+        *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.10*/bin/python3.10"))),
+    ]
+    for candidate in candidates:
+        if not candidate:
+            continue
+        probe = [candidate, "-c", "import sys; assert sys.version_info[:2] == (3, 10)"]
+        # A pyenv shim answers on PATH even when 3.10 is not selected, hence the probe.
+        if subprocess.run(probe, capture_output=True, check=False).returncode == 0:
+            return candidate
+    return None
+
+
+@nox.session(python=False)
+def agent310(session: nox.Session) -> None:
+    """The agent's and core's tests on Python 3.10, installed without the server extras.
+
+    Skipped, saying why, when no 3.10 interpreter is found (``FLEET_PYTHON310=/path`` picks
+    one). ``tests/test_python310.py`` also checks there that the server refuses to start.
+    """
+    python = _python310()
+    if python is None:
+        session.skip("no Python 3.10 interpreter (set FLEET_PYTHON310=/path/to/python3.10)")
+    venv = ROOT / ".nox" / "agent310-venv"
+    if not (venv / "bin" / "python").exists():
+        session.run(python, "-m", "venv", str(venv), external=True)
+    py = str(venv / "bin" / "python")
+    # `.` without extras is what a VPS installs: the agent (and the CLI), no Quart/Pony.
+    session.run(py, "-m", "pip", "install", "-q", ".", "pytest>=8", "pytest-trio>=0.8",
+                "trustme>=1.1", "hypothesis>=6.100", external=True)  # fmt: skip
+    session.run(py, "-m", "pip", "check", external=True)
+    session.run(py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS_310, *session.posargs,
+                external=True)  # fmt: skip
 
 
 @nox.session

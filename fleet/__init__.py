@@ -1,24 +1,28 @@
 """Fleet: run a shell command or a saved script on many machines at once.
 
-Layers (a module may only depend on modules in a strictly lower layer):
+Layers (a module may depend on modules of lower layers, and on modules of its own layer in one
+direction only; no import cycles):
 
-1. ``fleet.proto`` (generated wire messages) and ``fleet.core`` (sans-I/O domain: statuses,
-   state machines, output bookkeeping, request validation).
+1. ``fleet.proto`` (generated wire messages), ``fleet.core`` (sans-I/O domain: statuses,
+   state machines, output bookkeeping, request validation) and ``fleet.logformat`` (the
+   commands' text or JSON log lines).
 2. ``fleet.agent`` (the daemon on every VPS; never imports ``fleet.server``) and the ``fleet``
    CLI: ``fleet.client`` (the REST client), ``fleet.watch`` (the live feed), ``fleet.console``
    (printing), ``fleet.commands`` and ``fleet.cli`` (flags and dispatch); none of them imports
    ``fleet.server``.
-3. ``fleet.server.config``, ``fleet.server.agents``, ``fleet.server.records``,
-   ``fleet.server.schema``, ``fleet.server.store``,
-   ``fleet.server.dbthread``, ``fleet.server.feed``, ``fleet.server.logs``,
-   ``fleet.server.openapi``
-4. ``fleet.server.views``, ``fleet.server.writeback``
+3. ``fleet.server.config``, ``fleet.server.agents``, ``fleet.server.records`` (plain records),
+   ``fleet.server.store`` (Pony, by noun), ``fleet.server.dbthread``, ``fleet.server.logs``,
+   ``fleet.server.http.feed`` (the publish/subscribe hub), ``fleet.server.http.openapi``
+4. ``fleet.server.views`` (JSON shapes), ``fleet.server.writeback``
 5. ``fleet.server.batchrun``
 6. ``fleet.server.supervisor``
-7. ``fleet.server.rpc``, ``fleet.server.api``, ``fleet.server.api_inventory``,
-   ``fleet.server.api_batches``
-8. ``fleet.server.demo``, ``fleet.server.serve``
-9. ``fleet.server.cli``
+7. ``fleet.server.rpc`` (gRPC), ``fleet.server.http.common`` (what every route shares),
+   ``fleet.server.http.auth``
+8. ``fleet.server.http.routes_ui``, ``fleet.server.http.routes_vps``,
+   ``fleet.server.http.routes_scripts``, ``fleet.server.http.routes_batches``
+9. ``fleet.server.http.app`` (the Quart-Trio app: middleware, error handlers)
+10. ``fleet.server.demo``, ``fleet.server.serve``
+11. ``fleet.server.cli``
 
 Only ``fleet.server.rpc`` and ``fleet.agent.link`` touch asyncio (grpclib runs there, hosted in
 trio through trio-asyncio).
@@ -27,3 +31,7 @@ trio through trio-asyncio).
 from __future__ import annotations
 
 __version__ = "0.1.0"
+#: The distribution's name on the package index (``pip install fleet-run``); ``fleet`` there is
+#: another project. The import package stays ``fleet``, the commands ``fleet-server``,
+#: ``fleet-agent`` and ``fleet``.
+DISTRIBUTION = "fleet-run"

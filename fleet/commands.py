@@ -217,7 +217,7 @@ async def cmd_vps_add(client: FleetClient, args: argparse.Namespace) -> int:
         return EXIT_OK
     tagged = f" (tags: {', '.join(vps['tags'])})" if vps["tags"] else ""
     print(f"Added VPS {vps['id']} {vps['name']!r}{tagged}.")
-    print_agent_setup(vps["agent_secret"], vps["agent_command"])
+    print_agent_setup(vps["agent_secret"], vps["agent_command"], vps.get("agent_install"))
     return EXIT_OK
 
 
@@ -247,7 +247,7 @@ async def cmd_vps_rotate(client: FleetClient, args: argparse.Namespace) -> int:
         print_json(answer)
         return EXIT_OK
     print(f"New agent secret for VPS {vps['id']} {vps['name']!r}; the old one no longer works.")
-    print_agent_setup(answer["agent_secret"], answer["agent_command"])
+    print_agent_setup(answer["agent_secret"], answer["agent_command"], answer.get("agent_install"))
     return EXIT_OK
 
 

@@ -12,7 +12,7 @@ import shlex
 import sys
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any, TextIO
 
 import trio
@@ -112,7 +112,7 @@ def ago(text: str | None) -> str:
     when = parse_time(text)
     if when is None:
         return "never"
-    seconds = int((datetime.now(UTC) - when).total_seconds())
+    seconds = int((datetime.now(timezone.utc) - when).total_seconds())
     if seconds < 5:
         return "just now"
     for size, unit in ((86400, "d"), (3600, "h"), (60, "m"), (1, "s")):
@@ -278,12 +278,14 @@ def print_outcome(final: dict[str, Any], watch: BatchWatch, err: TextIO) -> None
 # --- fleet vps / scripts / batches ----------------------------------------------------------
 
 
-def print_agent_setup(secret: str, agent_command: str) -> None:
+def print_agent_setup(secret: str, agent_command: str, agent_install: str | None = None) -> None:
     print(f"Agent secret (shown only this once): {secret}")
-    print("On the VPS, store the secret in a root-only file and start the agent:")
+    print("On the VPS, install the agent, store the secret in a root-only file, start the agent:")
+    if agent_install:
+        print(f"  {agent_install}")
     print(
-        "  sudo install -d -m 700 /etc/fleet && printf '%s\\n' "
-        f"{shlex.quote(secret)} | sudo install -m 600 /dev/stdin /etc/fleet/agent.secret"
+        "  sudo install -d -m 700 /etc/fleet-agent && printf '%s\\n' "
+        f"{shlex.quote(secret)} | sudo install -m 600 /dev/stdin /etc/fleet-agent/secret"
     )
     print(f"  {agent_command}")
 

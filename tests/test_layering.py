@@ -1,4 +1,4 @@
-"""The layering rules, enforced on the source (STYLE §4, ``fleet/__init__.py``'s docstring).
+"""The layering rules of ``fleet/__init__.py``'s docstring, enforced on the source.
 
 * ``fleet/core`` is sans-I/O: no event loops, sockets, processes, threads, clocks, randomness,
   logging configuration, and nothing from ``fleet.server`` or ``fleet.agent``.
@@ -7,6 +7,8 @@
   ``fleet.commands``) never imports ``fleet.server``, quart, hypercorn or pony.
 * Only ``fleet/server/rpc.py`` and ``fleet/agent/link.py`` touch asyncio / trio-asyncio / grpclib.
 * No module imports a module from a higher layer.
+* No import cycles (imports inside functions count; ``TYPE_CHECKING`` ones do not run).
+* Two entries of one layer never import each other (one direction only).
 
 Every rule walks whatever modules exist, so it keeps enforcing as new ones appear.
 """
@@ -51,7 +53,7 @@ ASYNCIO_FAMILY = {"asyncio", "trio_asyncio", "grpclib"}
 
 #: The layers of fleet/__init__.py's docstring (lowest first); checked against it below.
 LAYERS: list[list[str]] = [
-    ["fleet.proto", "fleet.core"],
+    ["fleet.proto", "fleet.core", "fleet.logformat"],
     [
         "fleet.agent",
         "fleet.client",
@@ -64,22 +66,23 @@ LAYERS: list[list[str]] = [
         "fleet.server.config",
         "fleet.server.agents",
         "fleet.server.records",
-        "fleet.server.schema",
         "fleet.server.store",
         "fleet.server.dbthread",
-        "fleet.server.feed",
         "fleet.server.logs",
-        "fleet.server.openapi",
+        "fleet.server.http.feed",
+        "fleet.server.http.openapi",
     ],
     ["fleet.server.views", "fleet.server.writeback"],
     ["fleet.server.batchrun"],
     ["fleet.server.supervisor"],
+    ["fleet.server.rpc", "fleet.server.http.common", "fleet.server.http.auth"],
     [
-        "fleet.server.rpc",
-        "fleet.server.api",
-        "fleet.server.api_inventory",
-        "fleet.server.api_batches",
+        "fleet.server.http.routes_ui",
+        "fleet.server.http.routes_vps",
+        "fleet.server.http.routes_scripts",
+        "fleet.server.http.routes_batches",
     ],
+    ["fleet.server.http.app"],
     ["fleet.server.demo", "fleet.server.serve"],
     ["fleet.server.cli"],
 ]
@@ -188,15 +191,21 @@ def sources(under: str = "") -> list[Source]:
     return out
 
 
-def layer_of(module: str) -> int | None:
-    best: tuple[int, int] | None = None  # (length of the matched prefix, layer)
+def layer_entry(module: str) -> tuple[int, str] | None:
+    """The layer of ``module`` and the entry of ``LAYERS`` that places it (the longest prefix)."""
+    best: tuple[int, str] | None = None
     for index, names in enumerate(LAYERS):
         for name in names:
             if (module == name or module.startswith(name + ".")) and (
-                best is None or len(name) > best[0]
+                best is None or len(name) > len(best[1])
             ):
-                best = (len(name), index)
-    return None if best is None else best[1]
+                best = (index, name)
+    return best
+
+
+def layer_of(module: str) -> int | None:
+    entry = layer_entry(module)
+    return None if entry is None else entry[0]
 
 
 # --- the rules ------------------------------------------------------------------------------------
@@ -264,6 +273,82 @@ def layer_violations(source: Source) -> list[str]:
     return found
 
 
+def resolve(target: str, modules: set[str]) -> str | None:
+    """The module an import target lives in (``a.b.Name`` -> ``a.b``), if it is one of ours."""
+    name = target
+    while name:
+        if name in modules:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def import_graph(scanned: list[Source]) -> dict[str, set[str]]:
+    """Module -> the modules of ``scanned`` it imports when it runs (``TYPE_CHECKING`` aside).
+
+    Imports inside functions count: a lazy import does not break a circle, it hides it.
+    """
+    modules = {s.module for s in scanned}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for source in scanned:
+        for imp in source.imports():
+            target = resolve(imp.target, modules)
+            if not imp.type_only and target is not None and target != source.module:
+                graph[source.module].add(target)
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def both_ways(graph: dict[str, set[str]]) -> list[str]:
+    """Pairs of entries of one layer (modules or packages) that import each other."""
+    edges: dict[tuple[str, str], int] = {}  # (importer's entry, imported entry) -> layer
+    for module, targets in graph.items():
+        own = layer_entry(module)
+        for target in targets:
+            theirs = layer_entry(target)
+            if own and theirs and own[0] == theirs[0] and own[1] != theirs[1]:
+                edges[own[1], theirs[1]] = own[0]
+    return sorted(
+        f"{a} <-> {b} (layer {layer + 1})"
+        for (a, b), layer in edges.items()
+        if (b, a) in edges and a < b
+    )
+
+
 # --- the tests ------------------------------------------------------------------------------------
 
 
@@ -299,9 +384,21 @@ def test_no_module_imports_a_higher_layer() -> None:
     assert not found, _report(found)
 
 
+def test_no_import_cycles() -> None:
+    graph = import_graph(sources())
+    assert len(graph) > 40  # the scan sees the whole package
+    cycles = find_cycles(graph)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_layer_imports_itself_both_ways() -> None:
+    found = both_ways(import_graph(sources()))
+    assert not found, _report(found)
+
+
 def test_layers_match_the_package_docstring() -> None:
     doc = fleet.__doc__ or ""
-    items = dict(re.findall(r"^(\d)\. (.*?)(?=^\d\. |^\s*$)", doc, flags=re.M | re.S))
+    items = dict(re.findall(r"^(\d+)\. (.*?)(?=^\d+\. |^\s*$)", doc, flags=re.M | re.S))
     assert len(items) == len(LAYERS), "fleet/__init__.py lists a different number of layers"
     for index, names in enumerate(LAYERS):
         for name in names:
@@ -360,11 +457,11 @@ def test_core_scanner_allows(code: str) -> None:
 
 def test_asyncio_rule_respects_the_two_modules_and_type_checking() -> None:
     code = "import grpclib\nfrom trio_asyncio import aio_as_trio"
-    assert len(asyncio_violations(_source(code, "fleet.server.api"))) == 2
+    assert len(asyncio_violations(_source(code, "fleet.server.http.app"))) == 2
     assert asyncio_violations(_source(code, "fleet.server.rpc")) == []
     assert asyncio_violations(_source(code, "fleet.agent.link")) == []
     typed = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import grpclib\n"
-    assert asyncio_violations(_source(typed, "fleet.server.api")) == []
+    assert asyncio_violations(_source(typed, "fleet.server.http.app")) == []
 
 
 @pytest.mark.parametrize("module", sorted(CLI_MODULES))
@@ -377,7 +474,7 @@ def test_asyncio_rule_respects_the_two_modules_and_type_checking() -> None:
         "from quart_trio import QuartTrio",
         "import hypercorn.trio",
         "from pony.orm import db_session",
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import fleet.server.api",
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import fleet.server.http.app",
     ],
 )
 def test_cli_scanner_flags(module: str, code: str) -> None:
@@ -388,15 +485,15 @@ def test_cli_scanner_allows() -> None:
     code = "import trio\nfrom trio_websocket import open_websocket_url\nfrom .client import x"
     for module in CLI_MODULES:
         assert cli_violations(_source(code, module)) == []
-    assert cli_violations(_source("import quart", "fleet.server.api")) == []
+    assert cli_violations(_source("import quart", "fleet.server.http.app")) == []
 
 
 def test_layer_rule() -> None:
     assert layer_violations(_source("from . import supervisor", "fleet.server.store"))
-    assert layer_violations(_source("from .serve import main", "fleet.server.api"))
+    assert layer_violations(_source("from ..serve import main", "fleet.server.http.app"))
     assert layer_violations(_source("from fleet.server import store", "fleet.agent.runner"))
     assert layer_violations(_source("import fleet.server.store", "fleet.cli"))
-    assert layer_violations(_source("from fleet.server.api import x", "fleet.cli.main"))
+    assert layer_violations(_source("from fleet.server.http.app import x", "fleet.cli.main"))
     assert layer_violations(_source("from fleet import server", "fleet.commands"))
     assert layer_violations(_source("from .watch import follow", "fleet.commands")) == []
     assert layer_violations(_source("from .store import Store", "fleet.server.supervisor")) == []
@@ -404,3 +501,42 @@ def test_layer_rule() -> None:
     assert layer_violations(_source("from .serve import main", "fleet.server.cli")) == []
     assert layer_of("fleet.server.store.models") == 2
     assert layer_of("fleet.server.nothing_here") is None  # unlisted modules are not ranked
+
+
+def test_cycle_finder() -> None:
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert find_cycles({"a": {"b"}, "b": {"a"}, "c": {"d"}, "d": {"c"}}) == [["a", "b"], ["c", "d"]]
+
+
+def test_import_graph_resolves_names_and_skips_type_checking() -> None:
+    a = Source(ROOT / "server" / "a.py", "fleet.server.a", ast.parse(
+        "from .b import Thing\nfrom typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from .c import Other\n"
+        "def f():\n    from fleet.server import c\n"
+    ))  # fmt: skip
+    b = Source(ROOT / "server" / "b.py", "fleet.server.b", ast.parse("import os"))
+    c = Source(ROOT / "server" / "c.py", "fleet.server.c", ast.parse("from .a import f"))
+    graph = import_graph([a, b, c])
+    assert graph == {
+        "fleet.server.a": {"fleet.server.b", "fleet.server.c"},
+        "fleet.server.b": set(),
+        "fleet.server.c": {"fleet.server.a"},
+    }
+    assert find_cycles(graph) == [["fleet.server.a", "fleet.server.c"]]
+
+
+def test_both_ways_rule() -> None:
+    routes, common = "fleet.server.http.routes_vps", "fleet.server.http.routes_batches"
+    assert both_ways({routes: {common}, common: set()}) == []
+    assert both_ways({routes: {common}, common: {routes}}) == [f"{common} <-> {routes} (layer 8)"]
+    # Across layers, or inside one entry (a package's own modules), is another rule's business.
+    assert (
+        both_ways(
+            {"fleet.agent.run": {"fleet.agent.link"}, "fleet.agent.link": {"fleet.agent.run"}}
+        )
+        == []
+    )
+    assert both_ways({"fleet.agent.run": {"fleet.cli"}, "fleet.cli": {"fleet.agent"}}) == [
+        "fleet.agent <-> fleet.cli (layer 2)"
+    ]

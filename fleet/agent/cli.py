@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 import trio
 
 import fleet
+from fleet import logformat
 
 from .config import AgentConfig, ConfigError, Secret
 from .link import open_loop
@@ -70,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("--no-exec", action="store_true", help="reject every command [FLEET_AGENT_NO_EXEC]")
     add("--log-level", metavar="LEVEL", help="DEBUG, INFO, ... (INFO) [FLEET_AGENT_LOG_LEVEL]")
+    add("--log-format", metavar="FORMAT", help="text or json (text) [FLEET_AGENT_LOG_FORMAT]")
     add("--version", action="version", version=f"%(prog)s {fleet.__version__}")
     return parser
 
@@ -112,6 +114,8 @@ def build_config(argv: Sequence[str], environ: Mapping[str, str]) -> AgentConfig
         values["no_exec"] = _boolean("FLEET_AGENT_NO_EXEC", no_exec)
     if level := setting("log_level", "LOG_LEVEL"):
         values["log_level"] = str(level).upper()
+    if log_format := setting("log_format", "LOG_FORMAT"):
+        values["log_format"] = str(log_format).lower()
     return AgentConfig(**values)
 
 
@@ -125,10 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SystemExit as exit_:  # --help / --version
         return exit_.code if isinstance(exit_.code, int) else 0
-    logging.basicConfig(
+    logformat.configure(
         level=config.log_level_number,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        log_format=config.log_format,
+        text_format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if "--secret" in args or any(arg.startswith("--secret=") for arg in args):
         logger.warning("--secret is visible to every user in the process list; use --secret-file")

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleet.logformat import FORMATS
+
 __all__ = ["AgentConfig", "ConfigError", "Secret", "parse_server_address"]
 
 KIB = 1024
@@ -120,6 +122,8 @@ class AgentConfig:
     no_exec: bool = False
     #: Level of the ``fleet.agent`` loggers (applied by ``cli.main``).
     log_level: str = "INFO"
+    #: ``text`` or ``json`` (one JSON object per line; applied by ``cli.main``).
+    log_format: str = "text"
     #: First reconnect delay; doubles per failed attempt up to ``reconnect_max_s`` (with jitter).
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
@@ -163,6 +167,8 @@ class AgentConfig:
             raise ConfigError(
                 f"log level must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}"
             )
+        if self.log_format not in FORMATS:
+            raise ConfigError(f"log format must be text or json, got {self.log_format!r}")
         _non_negative("terminate grace", self.terminate_grace_s)
         _non_negative("output drain", self.output_drain_s)
         for name, value in (
@@ -193,7 +199,7 @@ class AgentConfig:
     @property
     def log_level_number(self) -> int:
         """``log_level`` as a :mod:`logging` level number."""
-        return logging.getLevelNamesMapping()[self.log_level.upper()]
+        return int(getattr(logging, self.log_level.upper()))  # getLevelNamesMapping is 3.11+
 
     def replace(self, **changes: Any) -> AgentConfig:
         """Return a copy with ``changes`` applied (and validated)."""

@@ -7,7 +7,21 @@ import enum
 __all__ = ["BatchStatus", "ChildStatus"]
 
 
-class ChildStatus(enum.StrEnum):
+class _StrEnum(str, enum.Enum):
+    """``enum.StrEnum`` (3.11+) for the agent on Python 3.10: a member is its value, as text too.
+
+    The same on every version (no version switch): ``str()``, ``format()`` and JSON give the
+    value, and a member compares equal to its string.
+    """
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(str(self), format_spec)
+
+
+class ChildStatus(_StrEnum):
     """Status of one VPS's task within a batch."""
 
     PENDING = "PENDING"
@@ -27,7 +41,7 @@ class ChildStatus(enum.StrEnum):
         return self in _TERMINAL_CHILD
 
 
-class BatchStatus(enum.StrEnum):
+class BatchStatus(_StrEnum):
     """Overall status of a batch."""
 
     PENDING = "PENDING"

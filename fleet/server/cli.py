@@ -15,6 +15,8 @@ from typing import Any
 import trio
 
 import fleet
+from fleet import logformat
+from fleet.logformat import FORMATS
 
 from .config import ConfigError, ServerConfig
 
@@ -35,6 +37,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "output_cap_bytes": ("FLEET_OUTPUT_CAP", int),
     "terminate_confirm_s": ("FLEET_TERMINATE_CONFIRM", float),
     "log_level": ("FLEET_LOG_LEVEL", str),
+    "log_format": ("FLEET_LOG_FORMAT", str),
     "demo": ("FLEET_DEMO", int),
 }
 
@@ -80,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", dest="log_level", metavar="LEVEL")
     p.add_argument(
+        "--log-format",
+        dest="log_format",
+        choices=FORMATS,
+        help="text, or json: one JSON object per line (text)",
+    )
+    p.add_argument(
         "--demo", type=int, metavar="N", help="also run N local agents (demo-1..N) to try Fleet"
     )
     p.add_argument("--version", action="version", version=f"fleet {fleet.__version__}")
@@ -106,11 +115,11 @@ def build_config(argv: Sequence[str] | None, environ: dict[str, str]) -> ServerC
         raise ConfigError(str(exc)) from exc
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
+def _setup_logging(level: str, log_format: str) -> None:
+    logformat.configure(
         level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
+        log_format=log_format,
+        text_format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
     logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
 
@@ -141,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fleet-server: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(config.log_level)
+    _setup_logging(config.log_level, config.log_format)
     try:
         trio.run(_main, config)
     except OSError as exc:

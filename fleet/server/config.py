@@ -7,6 +7,8 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleet.logformat import FORMATS
+
 __all__ = ["ConfigError", "ServerConfig", "parse_hostport"]
 
 
@@ -60,6 +62,8 @@ class ServerConfig:
     keepalive_timeout_s: float = 10.0
     shutdown_grace_s: float = 5.0
     log_level: str = "INFO"
+    #: ``text`` or ``json`` (one JSON object per line: ``fleet.logformat``).
+    log_format: str = "text"
     demo: int = 0
 
     def __post_init__(self) -> None:
@@ -91,6 +95,8 @@ class ServerConfig:
                 raise ConfigError(f"TLS file not found: {path}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"log level: unknown {self.log_level!r}")
+        if self.log_format not in FORMATS:
+            raise ConfigError(f"--log-format: expected text or json, got {self.log_format!r}")
         if not 0 <= self.demo <= 1000:
             raise ConfigError("--demo: between 0 and 1000 agents")
         if self.db_url is not None and not self.db_url.startswith(

@@ -9,8 +9,8 @@ from fleet.agent.run import run_agent
 from fleet.core import ValidationError
 
 from .agents import hash_secret, new_secret
-from .api import Services
 from .config import ServerConfig
+from .http.common import Services
 from .store import Store
 
 __all__ = ["run_agents"]

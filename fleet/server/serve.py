@@ -26,12 +26,13 @@ from fleet import core
 
 from . import rpc
 from .agents import AgentRegistry, Credentials, hash_secret, new_secret
-from .api import Services, create_app
 from .batchrun import RunDeps
 from .clock import WallClock
 from .config import ServerConfig
 from .dbthread import DbThread, open_db_thread
-from .feed import FeedHub
+from .http.app import create_app
+from .http.common import Services
+from .http.feed import FeedHub
 from .store import Store
 from .supervisor import Supervisor
 from .writeback import WriteBack
@@ -140,7 +141,6 @@ async def serve(
             grpc_host, _ = config.grpc_endpoint
             services.grpc_address = f"{_url_host(grpc_host)}:{grpc_port}"
             http_url = await nursery.start(_serve_http, config, services)
-            services.http_address = http_url
             if config.demo:
                 from . import demo
 

@@ -38,10 +38,12 @@ from .batchrun import BatchRun, Publisher, RunDeps
 from .store import BatchRecord
 from .views import iso
 
-__all__ = ["OUTPUT_FLUSH_S", "Supervisor"]
+__all__ = ["OUTPUT_FLUSH_S", "VPS_TOPIC", "Supervisor"]
 
 logger = logging.getLogger(__name__)
 
+#: The feed topic of agent presence (``VPS_UPDATE`` events, ``/ws/vps``).
+VPS_TOPIC = "vps"
 #: How often output summaries, sizes and last_output_at reach the store.
 OUTPUT_FLUSH_S = 0.5
 
@@ -196,4 +198,4 @@ class Supervisor:
             }
         else:
             self._writeback.vps_seen(vps_id, now)
-        self._feed.publish("vps", {"type": "VPS_UPDATE", "vps": event})
+        self._feed.publish(VPS_TOPIC, {"type": "VPS_UPDATE", "vps": event})

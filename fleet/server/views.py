@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from .store import BatchRecord, ChildRecord, ScriptRecord, VpsRecord
+from .records import BatchRecord, ChildRecord, ScriptRecord, VpsRecord
 
 __all__ = [
     "batch_summary_view",
@@ -52,7 +52,7 @@ def child_view(c: ChildRecord) -> dict[str, Any]:
 
 
 def batch_view(b: BatchRecord) -> dict[str, Any]:
-    """``GET /api/batch_commands/{id}``: the seed's shape, plus a few facts."""
+    """``GET /api/batch_commands/{id}``: the batch, its counts and every child task."""
     return {
         "batch_command_id": b.id,
         "overall_status": b.status.value,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fleet import __version__ as fleet_version
+
 from .conftest import FleetRunner, Server
 
 
@@ -17,9 +19,12 @@ def test_vps_add_list_rotate_rm(fleet: FleetRunner, server: Server) -> None:
     assert lines[0] == f"Added VPS {vps['id']} 'cli-web-1' (tags: web, eu, prod)."
     secret = lines[1].rsplit(" ", 1)[1]
     assert len(secret) > 20
-    assert secret in lines[3]  # stored in a root-only file
-    assert "fleet-agent --server " in lines[4]
-    assert f"--vps-id {vps['id']}" in lines[4]
+    assert lines[3] == f"  python3 -m pip install 'fleet-run=={fleet_version}'"
+    assert secret in lines[4]  # stored in a root-only file…
+    assert lines[4].endswith(" /etc/fleet-agent/secret")
+    assert "fleet-agent --server " in lines[5]
+    assert f"--vps-id {vps['id']}" in lines[5]
+    assert "--secret-file /etc/fleet-agent/secret" in lines[5]  # …which the agent reads
 
     listed = fleet("vps", "list")
     assert listed.code == 0

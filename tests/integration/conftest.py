@@ -12,7 +12,7 @@ import trio
 import trio_asyncio
 
 from fleet.server.config import ServerConfig
-from fleet.server.feed import Overrun
+from fleet.server.http.feed import Overrun
 from fleet.server.serve import Endpoints, serve
 from fleet.server.store import Store
 

@@ -6,6 +6,7 @@ import httpx
 import pytest
 import trio
 
+import fleet
 from fleet.server.serve import Endpoints
 from tests.fakeagent import FakeAgent
 
@@ -65,6 +66,8 @@ async def test_vps_crud_and_rotate_secret(server: Endpoints, client: httpx.Async
         vps = await add_vps(client, "web-1", ["web", "eu"])
         assert vps["agent_secret"]
         assert f"--vps-id {vps['id']}" in vps["agent_command"]
+        # The index's "fleet" is another project: the agent is "fleet-run", this version.
+        assert vps["agent_install"] == f"python3 -m pip install 'fleet-run=={fleet.__version__}'"
         listed = (await client.get("/api/vps")).json()
         assert [v["name"] for v in listed] == ["web-1"]
         assert "agent_secret" not in listed[0]

@@ -10,7 +10,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from fleet.server.feed import FeedHub, Overrun
+from fleet.server.http.feed import FeedHub, Overrun
 from fleet.server.serve import Endpoints
 from tests.fakeagent import FakeAgent
 

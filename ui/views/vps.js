@@ -121,10 +121,15 @@ class VpsView {
         },
       },
     }, "Copy");
+    // The distribution is "fleet-run" (pinned to this server's version), not "fleet".
+    const install = res.agent_install
+      ? h("p", {}, "Install the agent (Python ≥ 3.10): ",
+        h("code", { class: "mono", testid: "vps-agent-install" }, res.agent_install))
+      : null;
     replaceChildren(box,
       h("p", {}, h("strong", {}, `“${res.name}” is registered (id ${res.id}).`),
         " Its agent secret is shown only this once. On the VPS, run (adjust the gRPC address if the server listens elsewhere):"),
-      h("div", { class: "secret-cmd" }, code, copy));
+      install, h("div", { class: "secret-cmd" }, code, copy));
     box.hidden = false;
   }
 

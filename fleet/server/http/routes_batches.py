@@ -1,4 +1,8 @@
-"""REST routes and the live feed for batches."""
+"""REST routes and the live feed for batches.
+
+``/ws/batch_commands/{id}`` sends a ``SNAPSHOT`` (the batch as ``GET`` shows it) and then the
+batch's events as the supervisor publishes them; an unknown batch is closed with 1008.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,11 @@ from quart import Response, request, send_file, websocket
 from quart_trio import QuartTrio
 
 from fleet import core
+from fleet.server.logs import STREAMS
+from fleet.server.store import BatchRecord, Store
+from fleet.server.views import batch_summary_view, batch_view, from_ts
 
-from .api import ApiError, Services, int_arg, json_body, json_response
-from .feed import Overrun, Subscription
-from .logs import STREAMS
-from .store import BatchRecord, Store
-from .views import batch_summary_view, batch_view, from_ts, vps_view
+from .common import ApiError, Services, int_arg, json_body, json_response, pump
 
 __all__ = ["register"]
 
@@ -148,23 +151,4 @@ def register(app: QuartTrio, services: Services) -> None:
                 await websocket.close(1008, "no such batch")
                 return
             await websocket.send_json({"type": "SNAPSHOT", "batch": batch_view(snapshot)})
-            await _pump(sub)
-
-    @app.websocket("/ws/vps")
-    async def vps_feed() -> None:
-        with services.hub.subscribe("vps") as sub:
-            records = await db.run(Store.list_vps)
-            items = [vps_view(r, online=services.registry.is_online(r.id)) for r in records]
-            await websocket.send_json({"type": "VPS_SNAPSHOT", "vps": items})
-            await _pump(sub)
-
-
-async def _pump(sub: Subscription) -> None:
-    while True:
-        try:
-            items = await sub.get()
-        except Overrun:
-            await websocket.close(1013, "the client fell behind; reconnect for a new snapshot")
-            return
-        for text in items:
-            await websocket.send(text)
+            await pump(sub)

@@ -63,7 +63,6 @@ def define_entities(db: Any) -> SimpleNamespace:
         name = Required(str)
         token_hash = Required(str, unique=True)
         created_at = Required(datetime)
-        last_used_at = orm.Optional(datetime)
 
     class Batch(db.Entity):  # type: ignore[misc]
         _table_ = "batch_command_task"

@@ -1,28 +1,42 @@
-"""REST routes for the inventory: VPSes (with their one-time agent secrets) and saved scripts."""
+"""REST routes and the live feed for VPSes (with their one-time agent secrets).
+
+``/ws/vps`` sends a ``VPS_SNAPSHOT`` (every VPS, as ``GET /api/vps`` shows it) and then
+``VPS_UPDATE`` events. An update is partial: it carries the VPS ``id`` and only what changed when
+an agent connects (``online``, ``last_seen_at``, ``hostname``, ``os``, ``agent_version``) or drops
+(``online``, ``last_seen_at``); a client merges it into the row it has.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from quart import Response
+from quart import Response, websocket
 from quart_trio import QuartTrio
 
+import fleet
 from fleet import core
+from fleet.server.agents import hash_secret, new_secret
+from fleet.server.store import Store, VpsRecord
+from fleet.server.supervisor import VPS_TOPIC
+from fleet.server.views import vps_view
 
-from .agents import hash_secret, new_secret
-from .api import Services, json_body, json_response, path_id
-from .store import Store, VpsRecord
-from .views import script_view, vps_view
+from .common import Services, json_body, json_response, path_id, pump
 
-__all__ = ["register"]
+__all__ = ["agent_command", "register"]
 
 
-def _agent_command(services: Services, vps_id: int) -> str:
+def agent_command(services: Services, vps_id: int) -> str:
+    """The command line that starts this VPS's agent (the secret is read from a file)."""
     return (
         f"fleet-agent --server {services.config.public_grpc or services.grpc_address} "
         f"--vps-id {vps_id} "
         f"--secret-file /etc/fleet-agent/secret{' --tls' if services.config.tls else ''}"
     )
+
+
+def _agent_install() -> str:
+    """How to install an agent that speaks this server's protocol version (on Python ≥ 3.10)."""
+    return f"python3 -m pip install '{fleet.DISTRIBUTION}=={fleet.__version__}'"
 
 
 def register(app: QuartTrio, services: Services) -> None:
@@ -44,7 +58,8 @@ def register(app: QuartTrio, services: Services) -> None:
         services.credentials.set(record.id, hash_secret(secret))
         body = view(record) | {
             "agent_secret": secret,
-            "agent_command": _agent_command(services, record.id),
+            "agent_command": agent_command(services, record.id),
+            "agent_install": _agent_install(),
         }
         return json_response(body, 201)
 
@@ -78,34 +93,14 @@ def register(app: QuartTrio, services: Services) -> None:
             {
                 "id": ident,
                 "agent_secret": secret,
-                "agent_command": _agent_command(services, ident),
+                "agent_command": agent_command(services, ident),
+                "agent_install": _agent_install(),
             }
         )
 
-    @app.get("/api/scripts")
-    async def list_scripts() -> Response:
-        return json_response([script_view(s) for s in await db.run(Store.list_scripts)])
-
-    @app.post("/api/scripts")
-    async def create_script() -> Response:
-        f = core.validate_script_body(await json_body())
-        record = await db.run(Store.create_script, f["name"], f["description"], f["content"])
-        return json_response(script_view(record), 201)
-
-    @app.get("/api/scripts/<script_id>")
-    async def get_script(script_id: str) -> Response:
-        return json_response(
-            script_view(await db.run(Store.get_script, path_id(script_id, "script")))
-        )
-
-    @app.put("/api/scripts/<script_id>")
-    async def update_script(script_id: str) -> Response:
-        ident = path_id(script_id, "script")
-        f = core.validate_script_body(await json_body())
-        await db.run(Store.update_script, ident, f["name"], f["description"], f["content"])
-        return json_response(script_view(await db.run(Store.get_script, ident)))
-
-    @app.delete("/api/scripts/<script_id>")
-    async def delete_script(script_id: str) -> Response:
-        await db.run(Store.delete_script, path_id(script_id, "script"))
-        return Response("", status=204)
+    @app.websocket("/ws/vps")
+    async def vps_feed() -> None:
+        with services.hub.subscribe(VPS_TOPIC) as sub:
+            records = await db.run(Store.list_vps)
+            await websocket.send_json({"type": "VPS_SNAPSHOT", "vps": [view(r) for r in records]})
+            await pump(sub)

@@ -81,6 +81,7 @@ def document() -> dict[str, Any]:
                 "id": {"type": "integer"},
                 "agent_secret": {"type": "string"},
                 "agent_command": {"type": "string"},
+                "agent_install": {"type": "string"},
             },
         },
         "Script": {

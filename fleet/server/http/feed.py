@@ -20,9 +20,6 @@ import trio
 __all__ = ["FeedHub", "Overrun", "Subscription"]
 
 
-VPS_TOPIC = "vps"
-
-
 class Overrun(Exception):
     """The subscriber fell too far behind; resynchronise from a new snapshot."""
 

@@ -1,0 +1,13 @@
+"""The HTTP side: REST API, live feed (WebSocket) and web UI, served by Quart-Trio.
+
+Modules, lowest first (each imports only from the ones before it):
+
+* ``feed`` (the publish/subscribe hub, no HTTP) and ``openapi`` (the API's document, plain data);
+* ``common``: what every route shares: ``Services``, ``ApiError``, JSON bodies and responses,
+  query and path arguments, pumping a feed subscription into a WebSocket;
+* ``auth``: API tokens, as a bearer header or the UI's HttpOnly cookie;
+* ``routes_ui``, ``routes_vps``, ``routes_scripts``, ``routes_batches``: one module per noun,
+  each with a ``register(app, services)``;
+* ``app``: ``create_app``: the app, its middleware (authentication, security headers) and the one
+  error format.
+"""

@@ -1,0 +1,209 @@
+"""The inventory: VPSes (with their agent secret digests and what their agents report), saved
+scripts and API tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pony import orm
+
+from fleet.core import NotFound
+from fleet.server.records import ScriptRecord, VpsRecord
+
+from .base import StoreBase, chunks, db_session, duplicate
+from .schema import aware, to_db, utcnow
+
+__all__ = ["InventoryStore"]
+
+
+class InventoryStore(StoreBase):
+    """The store's inventory tables (``vps``, ``script``, ``api_token``)."""
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    @db_session
+    def add_token(self, name: str, token_hash: str) -> None:
+        self._e.ApiToken(name=name, token_hash=token_hash, created_at=utcnow())
+
+    @db_session
+    def has_tokens(self) -> bool:
+        return bool(self._e.ApiToken.select().exists())
+
+    @db_session
+    def token_hashes(self) -> list[str]:
+        """Every API token's digest (the server keeps them in memory to check requests)."""
+        return [str(t.token_hash) for t in self._e.ApiToken.select()]
+
+    # -- VPSes -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _vps_record(v: Any) -> VpsRecord:
+        return VpsRecord(
+            id=v.id,
+            name=v.name,
+            tags=tuple(v.tags),
+            created_at=v.created_at.replace(tzinfo=UTC),
+            updated_at=v.updated_at.replace(tzinfo=UTC),
+            last_seen_at=aware(v.last_seen_at),
+            hostname=v.hostname,
+            os_name=v.os_name,
+            os_type=v.os_type,
+            arch=v.arch,
+            kernel_version=v.kernel_version,
+            agent_version=v.agent_version,
+        )
+
+    def _vps(self, vps_id: int) -> Any:
+        vps = self._e.Vps.get(id=vps_id)
+        if vps is None:
+            raise NotFound("vps", vps_id)
+        return vps
+
+    @db_session
+    def create_vps(self, name: str, tags: Sequence[str], secret_hash: str) -> VpsRecord:
+        """Raises ValidationError if a VPS with this name exists."""
+        if self._e.Vps.get(name=name) is not None:
+            raise duplicate("VPS", name)
+        now = utcnow()
+        vps = self._e.Vps(
+            name=name, tags=list(tags), secret_hash=secret_hash, created_at=now, updated_at=now
+        )
+        orm.flush()  # assigns the id
+        return self._vps_record(vps)
+
+    @db_session
+    def list_vps(self) -> list[VpsRecord]:
+        """Every VPS, by id."""
+        return [self._vps_record(v) for v in self._e.Vps.select().order_by(self._e.Vps.id)]
+
+    @db_session
+    def get_vps(self, vps_id: int) -> VpsRecord:
+        return self._vps_record(self._vps(vps_id))
+
+    @db_session
+    def get_vps_many(self, ids: Iterable[int]) -> dict[int, VpsRecord]:
+        """The VPSes among ``ids`` that exist, by id."""
+        Vps, found = self._e.Vps, {}
+        for chunk in chunks(sorted(set(ids))):
+            for v in orm.select(v for v in Vps if v.id in chunk):
+                found[v.id] = self._vps_record(v)
+        return found
+
+    @db_session
+    def delete_vps(self, vps_id: int) -> None:
+        """Delete a VPS; its batch history stays."""
+        self._vps(vps_id).delete()
+
+    @db_session
+    def update_vps(
+        self, vps_id: int, name: str | None = None, tags: Sequence[str] | None = None
+    ) -> VpsRecord:
+        vps = self._vps(vps_id)
+        if name is not None and name != vps.name:
+            if self._e.Vps.get(name=name) is not None:
+                raise duplicate("VPS", name)
+            vps.name = name
+        if tags is not None:
+            vps.tags = list(tags)
+        vps.updated_at = utcnow()
+        return self._vps_record(vps)
+
+    @db_session
+    def set_vps_secret(self, vps_id: int, secret_hash: str) -> None:
+        vps = self._vps(vps_id)
+        vps.secret_hash = secret_hash
+        vps.updated_at = utcnow()
+
+    @db_session
+    def vps_secret_hashes(self) -> list[tuple[int, str]]:
+        """``(vps_id, secret digest)`` of every VPS, to check agents without a query each."""
+        return [(int(v.id), str(v.secret_hash)) for v in self._e.Vps.select()]
+
+    @db_session
+    def record_agent_seen(
+        self,
+        vps_id: int,
+        *,
+        hostname: str | None,
+        os_type: str | None,
+        os_name: str | None,
+        arch: str | None,
+        kernel_version: str | None,
+        agent_version: str | None,
+        seen_at: datetime,
+    ) -> None:
+        """Store what a connecting agent reported. Raises NotFound for an unknown VPS."""
+        vps = self._vps(vps_id)
+        vps.set(
+            hostname=hostname,
+            os_type=os_type,
+            os_name=os_name,
+            arch=arch,
+            kernel_version=kernel_version,
+            agent_version=agent_version,
+            last_seen_at=to_db(seen_at),
+        )
+
+    @db_session
+    def touch_vps_seen(self, updates: dict[int, datetime]) -> None:
+        """Set ``last_seen_at`` of many VPSes in one transaction; unknown ids are ignored."""
+        rows = [(self._sql.dt(seen), vps_id) for vps_id, seen in updates.items()]
+        if rows:
+            sql = f"UPDATE vps SET last_seen_at = {self._sql.ph} WHERE id = {self._sql.ph}"
+            self._sql.execute_many(self._cursor(), sql, rows)
+
+    # -- scripts -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _script_record(s: Any) -> ScriptRecord:
+        return ScriptRecord(
+            id=s.id,
+            name=s.name,
+            description=s.description,
+            content=s.content,
+            created_at=s.created_at.replace(tzinfo=UTC),
+            updated_at=s.updated_at.replace(tzinfo=UTC),
+        )
+
+    def _script(self, script_id: int) -> Any:
+        script = self._e.Script.get(id=script_id)
+        if script is None:
+            raise NotFound("script", script_id)
+        return script
+
+    @db_session
+    def create_script(self, name: str, description: str, content: str) -> ScriptRecord:
+        """Raises ValidationError if a script with this name exists."""
+        if self._e.Script.get(name=name) is not None:
+            raise duplicate("script", name)
+        now = utcnow()
+        script = self._e.Script(
+            name=name, description=description, content=content, created_at=now, updated_at=now
+        )
+        orm.flush()
+        return self._script_record(script)
+
+    @db_session
+    def list_scripts(self) -> list[ScriptRecord]:
+        Script = self._e.Script
+        return [self._script_record(s) for s in Script.select().order_by(Script.id)]
+
+    @db_session
+    def get_script(self, script_id: int) -> ScriptRecord:
+        return self._script_record(self._script(script_id))
+
+    @db_session
+    def update_script(
+        self, script_id: int, name: str, description: str, content: str
+    ) -> ScriptRecord:
+        script = self._script(script_id)
+        if name != script.name and self._e.Script.get(name=name) is not None:
+            raise duplicate("script", name)
+        script.set(name=name, description=description, content=content, updated_at=utcnow())
+        return self._script_record(script)
+
+    @db_session
+    def delete_script(self, script_id: int) -> None:
+        self._script(script_id).delete()
