@@ -242,6 +242,7 @@ class BatchRun:
                 agent_completed_at=clock.to_datetime(task.completed_at),
                 updated_at=clock.to_datetime(task.updated_at),
                 last_output_at=clock.to_datetime(task.last_output_at),
+                agent_reported=self._agent_reported(task),
                 **output,
             )
         )
@@ -276,6 +277,16 @@ class BatchRun:
         if b.is_final:
             self._changed.set()
             self._on_final(self)
+
+    def _agent_reported(self, task: core.ChildTask) -> dict[str, Any] | None:
+        report = task.agent_reported
+        if report is None:
+            return None
+        return {
+            "status": report.status.value,
+            "exit_code": report.exit_code,
+            "at": iso(self._deps.clock.to_datetime(report.at)),
+        }
 
     def _error_message(self, child_id: str) -> str | None:
         """The child's error, and why output was lost if a log could not be written."""
@@ -386,6 +397,7 @@ class BatchRun:
             agent_started_at=clock.to_datetime(task.started_at) or base.agent_started_at,
             agent_completed_at=clock.to_datetime(task.completed_at) or base.agent_completed_at,
             last_output_at=clock.to_datetime(task.last_output_at) or base.last_output_at,
+            agent_reported=self._agent_reported(task) or base.agent_reported,
             **self.output.fields(child_id, summaries=summaries),
         )
 

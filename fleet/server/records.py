@@ -76,6 +76,8 @@ class ChildRecord:
     stdout_bytes: int
     stderr_bytes: int
     truncated: bool
+    #: ``{status, exit_code, at}``: what the agent reported after the server ended the child.
+    agent_reported: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -117,6 +119,7 @@ class ChildUpdate:
     stderr_bytes: int | None = None
     truncated: bool | None = None
     updated_at: datetime | None = None
+    agent_reported: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ def child_view(c: ChildRecord) -> dict[str, Any]:
         "stdout_bytes": c.stdout_bytes,
         "stderr_bytes": c.stderr_bytes,
         "truncated": c.truncated,
+        "agent_reported": c.agent_reported,
     }
 
 
@@ -102,6 +103,7 @@ def child_update_event(c: ChildRecord) -> dict[str, Any]:
         "stdout_bytes": c.stdout_bytes,
         "stderr_bytes": c.stderr_bytes,
         "truncated": c.truncated,
+        "agent_reported": c.agent_reported,
     }
 
 

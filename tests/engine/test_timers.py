@@ -12,7 +12,6 @@ from fleet.proto import agent_service as pb
 
 from .harness import CONFIRM, GRACE, SLACK, Engine, make_batch
 
-
 S = ChildStatus
 TERMINATE = "batch_terminate_command_request"
 COMMAND = "batch_agent_command_request"

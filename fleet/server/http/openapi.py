@@ -147,6 +147,21 @@ def document() -> dict[str, Any]:
                 "stdout_bytes": {"type": "integer"},
                 "stderr_bytes": {"type": "integer"},
                 "truncated": {"type": "boolean"},
+                "agent_reported": {
+                    "description": "a result the agent reported after the server ended the "
+                    "child (its status stays)",
+                    "oneOf": [
+                        {"type": "null"},
+                        {
+                            "type": "object",
+                            "properties": {
+                                "status": {"type": "string"},
+                                "exit_code": {"type": ["integer", "null"]},
+                                "at": _TS,
+                            },
+                        },
+                    ],
+                },
             },
         },
         "Batch": {

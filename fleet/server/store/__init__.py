@@ -37,7 +37,7 @@ from fleet.server.records import (
 
 from .batches import BatchStore
 from .inventory import InventoryStore
-from .schema import bind_args, define_entities
+from .schema import add_missing_columns, bind_args, define_entities
 
 __all__ = [
     "UNSET",
@@ -84,6 +84,7 @@ class Store(InventoryStore, BatchStore):
                 schema = db.select("select current_schema()")[0]
             if schema:
                 db.provider.default_schema_name = schema
+        add_missing_columns(db)
         db.generate_mapping(create_tables=True)
         return cls(db, entities)
 

@@ -33,10 +33,12 @@ _DT_COLS = frozenset(
     | {"agent_started_at", "agent_completed_at"}
 )
 _JSON_COLS = frozenset({"stdout_summary", "stderr_summary"})
+_JSON_OBJECT_COLS = frozenset({"agent_reported"})
 _CHILD_COLS = (
     "id, batch_id, vps_id, vps_name, status, exit_code, error_message, stdout_log_path,"
     " stderr_log_path, last_output_at, created_at, updated_at, agent_started_at,"
-    " agent_completed_at, stdout_summary, stderr_summary, stdout_bytes, stderr_bytes, truncated"
+    " agent_completed_at, stdout_summary, stderr_summary, stdout_bytes, stderr_bytes, truncated,"
+    " agent_reported"
 )
 
 
@@ -88,6 +90,7 @@ class BatchStore(StoreBase):
             stdout_bytes=row[16],
             stderr_bytes=row[17],
             truncated=bool(row[18]),
+            agent_reported=sql.json_out(row[19]) if row[19] is not None else None,
         )
 
     def _children(self, where: str, params: tuple[Any, ...]) -> tuple[ChildRecord, ...]:
@@ -164,7 +167,7 @@ class BatchStore(StoreBase):
         def logs(child_id: str) -> tuple[str, str]:
             return f"{prefix}{child_id}.stdout", f"{prefix}{child_id}.stderr"
 
-        tail = (None, at, at, None, None, "[]", "[]", 0, 0, False)  # see _CHILD_COLS
+        tail = (None, at, at, None, None, "[]", "[]", 0, 0, False, None)  # see _CHILD_COLS
         rows = [
             (child_id, batch_id, vps_id, vps_name, pending, None, None, *logs(child_id), *tail)
             for child_id, vps_id, vps_name in targets
@@ -236,6 +239,8 @@ class BatchStore(StoreBase):
                     value = self._sql.dt(value)
                 elif field.name in _JSON_COLS:
                     value = json.dumps(list(value))
+                elif field.name in _JSON_OBJECT_COLS:
+                    value = json.dumps(value)
                 elif isinstance(value, enum.Enum):
                     value = value.value
                 changes[field.name] = value

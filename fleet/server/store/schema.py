@@ -102,6 +102,8 @@ def define_entities(db: Any) -> SimpleNamespace:
         stdout_bytes = Required(int, default=0)
         stderr_bytes = Required(int, default=0)
         truncated = Required(bool, default=False)
+        # {status, exit_code, at}: a result reported after the server ended the child.
+        agent_reported = orm.Optional(Json, nullable=True)
 
     return SimpleNamespace(Vps=Vps, Script=Script, ApiToken=ApiToken, Batch=Batch, Child=Child)
 
@@ -176,3 +178,22 @@ def bind_args(url: str | None, data_dir: Path) -> dict[str, Any]:
         args.update(parse_qsl(parts.query))
         return {k: v for k, v in args.items() if v is not None}
     raise ValueError(f"unsupported database URL scheme {parts.scheme!r} (sqlite or postgres)")
+
+
+#: Columns added after the first release, for stores created before them: (table, column,
+#: SQLite type, PostgreSQL type). Added at start-up when missing; never dropped.
+ADDED_COLUMNS = (("child_command_task", "agent_reported", "TEXT", "JSONB"),)
+
+
+def add_missing_columns(db: Any) -> None:
+    """Bring an older store's tables up to this schema (call before ``generate_mapping``)."""
+    with orm.db_session:
+        for table, column, sqlite_type, pg_type in ADDED_COLUMNS:
+            if db.provider_name == "postgres":
+                db.execute(
+                    f"ALTER TABLE IF EXISTS {table} ADD COLUMN IF NOT EXISTS {column} {pg_type}"
+                )
+                continue
+            columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall()}
+            if columns and column not in columns:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sqlite_type}")
