@@ -151,24 +151,6 @@ async def test_newest_stream_wins(server: Endpoints, client: httpx.AsyncClient) 
         await second.close()
 
 
-async def test_terminate_unconfirmed_and_reconnect_grace(
-    server: Endpoints, client: httpx.AsyncClient
-) -> None:
-    with trio.fail_after(20):
-        vps, agent = await _connected(server, client, "a")
-        batch_id = await _run(client, "sleep 100", vps["id"])
-        request = await agent.receive_payload("batch_agent_command_request")
-        response = await client.post(f"/api/batch_commands/{batch_id}/terminate")
-        assert response.status_code == 202
-        terminate = await agent.receive_payload("batch_terminate_command_request")
-        assert terminate.command_id == request.command_id
-        # The fake never confirms: after terminate_confirm_s the child ends with a clear message.
-        batch = await wait_batch(server, batch_id)
-        assert batch["overall_status"] == "TERMINATED"
-        assert "not confirmed" in batch["tasks"][0]["error_message"]
-        await agent.close()
-
-
 async def test_agent_lost_becomes_unreachable_after_grace(
     server: Endpoints, client: httpx.AsyncClient
 ) -> None:
