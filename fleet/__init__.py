@@ -4,16 +4,19 @@ Layers (a module may depend on modules of lower layers, and on modules of its ow
 direction only; no import cycles):
 
 1. ``fleet.proto`` (generated wire messages), ``fleet.core`` (sans-I/O domain: statuses,
-   state machines, output bookkeeping, request validation) and ``fleet.logformat`` (the
-   commands' text or JSON log lines).
+   state machines, output bookkeeping, request validation), ``fleet.logformat`` (the
+   commands' text or JSON log lines) and ``fleet.wellformed`` (decoded messages checked
+   against their schema, for both ends of the agent stream).
 2. ``fleet.agent`` (the daemon on every VPS; never imports ``fleet.server``) and the ``fleet``
    CLI: ``fleet.client`` (the REST client), ``fleet.watch`` (the live feed), ``fleet.console``
    (printing), ``fleet.commands`` and ``fleet.cli`` (flags and dispatch); none of them imports
    ``fleet.server``.
 3. ``fleet.server.config``, ``fleet.server.agents``, ``fleet.server.records`` (plain records),
    ``fleet.server.store`` (Pony, by noun), ``fleet.server.dbthread``, ``fleet.server.logs``,
-   ``fleet.server.http.feed`` (the publish/subscribe hub), ``fleet.server.http.openapi``
-4. ``fleet.server.views`` (JSON shapes), ``fleet.server.writeback``
+   ``fleet.server.http.feed`` (the publish/subscribe hub), ``fleet.server.http.openapi``,
+   ``fleet.server.reports`` (what an agent may report)
+4. ``fleet.server.views`` (JSON shapes), ``fleet.server.writeback``,
+   ``fleet.server.handshakes`` (agent handshakes, refusals rate-limited)
 5. ``fleet.server.batchrun``
 6. ``fleet.server.supervisor``
 7. ``fleet.server.rpc`` (gRPC), ``fleet.server.http.common`` (what every route shares),

@@ -53,7 +53,7 @@ ASYNCIO_FAMILY = {"asyncio", "trio_asyncio", "grpclib"}
 
 #: The layers of fleet/__init__.py's docstring (lowest first); checked against it below.
 LAYERS: list[list[str]] = [
-    ["fleet.proto", "fleet.core", "fleet.logformat"],
+    ["fleet.proto", "fleet.core", "fleet.logformat", "fleet.wellformed"],
     [
         "fleet.agent",
         "fleet.client",
@@ -71,8 +71,9 @@ LAYERS: list[list[str]] = [
         "fleet.server.logs",
         "fleet.server.http.feed",
         "fleet.server.http.openapi",
+        "fleet.server.reports",
     ],
-    ["fleet.server.views", "fleet.server.writeback"],
+    ["fleet.server.views", "fleet.server.writeback", "fleet.server.handshakes"],
     ["fleet.server.batchrun"],
     ["fleet.server.supervisor"],
     ["fleet.server.rpc", "fleet.server.http.common", "fleet.server.http.auth"],

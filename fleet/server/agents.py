@@ -27,6 +27,7 @@ __all__ = [
     "AgentRegistry",
     "AgentSession",
     "Credentials",
+    "PeerViolation",
     "SessionClosed",
     "command_message",
     "hash_secret",
@@ -205,3 +206,8 @@ class AgentRegistry:
     def _notify(self, vps_id: int, online: bool) -> None:
         for listener in self._listeners:
             listener(vps_id, online)
+
+
+class PeerViolation(Exception):
+    """An agent reported something no honest agent can (a command of another VPS): raised by
+    ``AgentHooks.message``; ``fleet.server.rpc`` then ends that stream INVALID_ARGUMENT."""

@@ -14,6 +14,13 @@ answered by ``ServerHandshakeAck`` (refusals are answered, then the stream ends)
 message must carry the same ``vps_db_id`` and secret, else the stream is closed; a newer stream
 for the same VPS replaces the older one (``AgentRegistry.attach``).
 
+Hostile peers (SPEC §7): a message is read by ``_receive``, which checks the length in its
+5-byte gRPC prefix before reading the body (64 KiB until the handshake succeeded, then 4 MiB;
+larger ends the stream RESOURCE_EXHAUSTED), so a peer cannot make the server buffer what it
+declares; the HTTP/2 stream window bounds what it sends unread. Every decoded message is
+checked by ``fleet.server.reports`` before anything else looks at it (INVALID_ARGUMENT), and
+refused handshakes are rate-limited and logged per address (``fleet.server.handshakes``).
+
 Shutdown (STACK-NOTES): grpclib's ``Server.close()`` cancels handlers, and a cancelled handler
 sends no trailers, which leaves keepalive clients hanging. ``serve`` therefore ends every session
 itself with status UNAVAILABLE, waits (bounded) for the handlers to finish, then closes.
@@ -26,11 +33,10 @@ import hmac
 import logging
 import socket
 import ssl
-import time
+import struct
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import betterproto2
 import grpclib.const
 import grpclib.server
 import trio
@@ -43,28 +49,35 @@ from h2.exceptions import StreamClosedError
 
 from fleet.proto import agent_service as pb
 
-from .agents import AgentInfo, AgentRegistry, Credentials, SessionClosed
+from .agents import AgentInfo, AgentRegistry, Credentials, PeerViolation, SessionClosed
 from .config import ServerConfig
+from .handshakes import (
+    RefusedHandshakes,
+    address_key,
+    agent_info,
+    check_handshake,
+    handshake_ack,
+    log_refusals,
+)
+from .reports import InvalidReport, check_report
 
-__all__ = ["METHOD_PATH", "AgentHooks", "RpcServer", "open_loop", "serve"]
+__all__ = [
+    "MAX_HANDSHAKE_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "METHOD_PATH",
+    "AgentHooks",
+    "RpcServer",
+    "open_loop",
+    "serve",
+]
 
 logger = logging.getLogger(__name__)
 
 METHOD_PATH = "/agent_service.AgentCommunicationService/EstablishCommunicationStream"
 _WRITE_BATCH = 256
-
-
-class _Codec(ProtoCodec):
-    """grpclib's protobuf codec, but a frame that does not parse is the peer's error
-    (INVALID_ARGUMENT, logged at info) rather than an application error with a traceback."""
-
-    def decode(self, data: bytes, message_type: Any) -> Any:
-        try:
-            return message_type.FromString(data)
-        except Exception as exc:  # betterproto2 raises several types on garbage
-            raise GRPCError(
-                Status.INVALID_ARGUMENT, f"malformed {message_type.__name__}: {exc!r}"[:200]
-            ) from exc
+#: The largest message accepted from an agent, and from a peer before its handshake succeeded.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_HANDSHAKE_BYTES = 64 * 1024
 
 
 def open_loop() -> Any:
@@ -149,34 +162,6 @@ class _Session:
                 await stream.send_message(entry)
 
 
-def _info(handshake: pb.AgentHandshake) -> AgentInfo:
-    try:
-        os_type = pb.OsType(handshake.os_type).name
-    except ValueError:
-        os_type = "OTHER"
-    return AgentInfo(
-        hostname=handshake.hostname[:255],
-        os_type=os_type,
-        os_name=handshake.os_name[:255],
-        arch=handshake.arch[:64],
-        kernel_version=handshake.kernel_version[:255],
-        agent_version=handshake.agent_version[:64],
-        open_command_ids=(
-            frozenset(handshake.open_command_ids) if handshake.open_command_ids_complete else None
-        ),
-    )
-
-
-def _ack(ok: bool, error: str = "") -> pb.MessageToAgent:
-    return pb.MessageToAgent(
-        server_handshake_ack=pb.ServerHandshakeAck(
-            authentication_successful=ok,
-            error_message=error,
-            server_time_unix_ms=int(time.time() * 1000),
-        )
-    )
-
-
 class RpcServer:
     """The ``AgentCommunicationService``: authenticates streams and runs their sessions."""
 
@@ -186,12 +171,14 @@ class RpcServer:
         credentials: Credentials,
         registry: AgentRegistry,
         hooks: AgentHooks,
+        refusals: RefusedHandshakes | None = None,
     ) -> None:
         self._config = config
         self._credentials = credentials
         self._registry = registry
         self._hooks = hooks
         self._handlers: set[asyncio.Task[Any]] = set()
+        self.refusals = refusals or RefusedHandshakes()
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         return {
@@ -211,17 +198,25 @@ class RpcServer:
             await self._session(stream)
         except (StreamTerminatedError, ConnectionError) as exc:
             logger.debug("agent stream ended: %s", exc)
-        except GRPCError as exc:  # a malformed frame: end this stream with its status
-            logger.info("agent stream ended: %s %s", exc.status.name, exc.message)
+        except GRPCError as exc:  # before the handshake: grpclib ends the stream with its status
+            logger.debug("agent stream ended: %s %s", exc.status.name, exc.message)
             raise
         finally:
             self._handlers.discard(task)
 
     async def _session(self, stream: grpclib.server.Stream[Any, Any]) -> None:
-        peer = _peer(stream)
+        host, peer = _peer(stream)
+        key = address_key(host)
+        if not self.refusals.allowed(key, trio.current_time()):
+            # Answered without work: no decoding, no secret hashing, no store.
+            await stream.send_trailing_metadata(
+                status=Status.RESOURCE_EXHAUSTED,
+                status_message="too many refused handshakes from this address; retry later",
+            )
+            return
         try:
             first = await asyncio.wait_for(
-                stream.recv_message(), timeout=self._config.handshake_timeout_s
+                _receive(stream, MAX_HANDSHAKE_BYTES), timeout=self._config.handshake_timeout_s
             )
         except TimeoutError:
             logger.info("peer=%s no handshake within %s s", peer, self._config.handshake_timeout_s)
@@ -229,12 +224,19 @@ class RpcServer:
                 status=Status.DEADLINE_EXCEEDED, status_message="no handshake"
             )
             return
+        except GRPCError as exc:  # oversized or malformed: the stream ends with its status
+            self._refused(key, peer, f"{exc.status.name} {exc.message}")
+            raise
         if first is None:
             return
-        refusal = self._check_handshake(first)
+        try:
+            refusal = check_handshake(first, self._credentials)
+        except InvalidReport as exc:
+            self._refused(key, peer, f"malformed handshake: {exc}")
+            raise GRPCError(Status.INVALID_ARGUMENT, f"malformed handshake: {exc}") from exc
         if refusal is not None:
-            logger.warning("peer=%s vps=%s handshake refused: %s", peer, first.vps_db_id, refusal)
-            await stream.send_message(_ack(False, refusal))
+            self._refused(key, peer, refusal)
+            await stream.send_message(handshake_ack(False, refusal))
             # Non-OK trailers reset the stream at once (grpclib), and the peer would then
             # lose the answer it has not read: give it a moment to read it and hang up.
             await _drain(stream, timeout=2.0)
@@ -244,12 +246,12 @@ class RpcServer:
             return
         assert first.agent_handshake is not None
         session = _Session(first.vps_db_id, first.agent_secret, peer)
-        await stream.send_message(_ack(True))
+        await stream.send_message(handshake_ack(True))
         self._registry.attach(session)
         logger.info("vps=%s peer=%s agent connected", session.vps_id, peer)
         writer = asyncio.ensure_future(session.write(stream))
         try:
-            self._hooks.connected(session, _info(first.agent_handshake))
+            self._hooks.connected(session, agent_info(first.agent_handshake))
             await self._read(stream, session, writer)
         finally:
             self._registry.detach(session)
@@ -262,52 +264,64 @@ class RpcServer:
                     writer.cancel()
             logger.info("vps=%s peer=%s agent disconnected", session.vps_id, peer)
 
+    def _refused(self, key: str, peer: str, why: str) -> None:
+        if self.refusals.refused(key, trio.current_time()):
+            logger.warning(
+                "peer=%s handshake refused: %s (more from %s are counted and logged once a minute)",
+                peer,
+                why,
+                key,
+            )
+
     async def _read(
         self,
         stream: grpclib.server.Stream[Any, Any],
         session: _Session,
         writer: asyncio.Future[None],
     ) -> None:
-        receive = asyncio.ensure_future(stream.recv_message())
+        receive: asyncio.Future[Any] = asyncio.ensure_future(_receive(stream, MAX_MESSAGE_BYTES))
         try:
             while True:
                 done, _ = await asyncio.wait({receive, writer}, return_when=asyncio.FIRST_COMPLETED)
                 if writer in done:
                     return  # the session was closed from the trio side
-                message = receive.result()
+                try:
+                    message = receive.result()
+                except GRPCError as exc:  # oversized or undecodable: the writer ends the stream
+                    self._end(session, exc.status, exc.message or exc.status.name)
+                    return
                 if message is None:
                     return  # the agent ended its side of the stream
+                try:
+                    check_report(message)
+                except InvalidReport as exc:
+                    self._end(session, Status.INVALID_ARGUMENT, f"impossible report: {exc}")
+                    return
                 if not session.same_credentials(message):
-                    logger.warning(
-                        "vps=%s peer=%s credentials changed mid-stream (vps_db_id=%s); closing",
-                        session.vps_id,
-                        session.peer,
-                        message.vps_db_id,
-                    )
-                    session.close("credentials changed mid-stream", Status.PERMISSION_DENIED)
+                    self._end(session, Status.PERMISSION_DENIED, "credentials changed mid-stream")
                     return
                 try:
                     self._hooks.message(session, message)
+                except PeerViolation as exc:
+                    self._end(session, Status.INVALID_ARGUMENT, str(exc))
+                    return
                 except Exception:  # the outermost boundary: one bad report is not the stream's end
                     logger.exception(
                         "vps=%s a report could not be handled; dropped", session.vps_id
                     )
-                receive = asyncio.ensure_future(stream.recv_message())
+                receive = asyncio.ensure_future(_receive(stream, MAX_MESSAGE_BYTES))
         finally:
             if not receive.done():
                 receive.cancel()
             elif not receive.cancelled():
                 receive.exception()  # retrieved: the stream's end is reported elsewhere
 
-    def _check_handshake(self, message: pb.MessageToServer) -> str | None:
-        field, _ = betterproto2.which_one_of(message, "payload")
-        if field != "agent_handshake":
-            return "the first message must be an agent_handshake"
-        if message.vps_db_id <= 0 or not self._credentials.verify(
-            message.vps_db_id, message.agent_secret
-        ):
-            return "unknown VPS id or wrong agent secret"
-        return None
+    @staticmethod
+    def _end(session: _Session, status: Status, reason: str) -> None:
+        logger.warning(
+            "vps=%s peer=%s %s: %s; closing", session.vps_id, session.peer, status.name, reason
+        )
+        session.close(reason, status)
 
     def end_sessions(self, reason: str) -> None:
         for session in self._registry.sessions():
@@ -322,21 +336,63 @@ async def _drain(stream: grpclib.server.Stream[Any, Any], *, timeout: float) -> 
     """Wait (bounded) until the peer ends its side of the stream."""
 
     async def until_end() -> None:
-        while await stream.recv_message() is not None:
+        while await _receive(stream, MAX_HANDSHAKE_BYTES) is not None:
             pass
 
     try:
         await asyncio.wait_for(until_end(), timeout=timeout)
-    except (TimeoutError, StreamTerminatedError, ConnectionError):
+    except (TimeoutError, GRPCError, StreamTerminatedError, ConnectionError):
         pass
 
 
-def _peer(stream: grpclib.server.Stream[Any, Any]) -> str:
+def _peer(stream: grpclib.server.Stream[Any, Any]) -> tuple[str, str]:
+    """The peer's host and ``host:port`` (``?`` when unknown)."""
     try:
         addr = stream.peer.addr()
     except (AttributeError, OSError):  # pragma: no cover - peer info is best effort
-        return "?"
-    return f"{addr[0]}:{addr[1]}" if addr else "?"
+        return "?", "?"
+    return (str(addr[0]), f"{addr[0]}:{addr[1]}") if addr else ("?", "?")
+
+
+async def _receive(
+    stream: grpclib.server.Stream[Any, Any], limit: int
+) -> pb.MessageToServer | None:
+    """The next message from the agent (None: it ended its side), at most ``limit`` bytes.
+
+    This is ``grpclib.stream.recv_message`` with the limit checked on the 5-byte gRPC prefix
+    before the body is read: grpclib's own reads the declared length whole, and its
+    ``Buffer.read`` acknowledges flow control for every chunk it takes, so a peer could make
+    the server buffer any length it declares. Here nothing past the prefix is read when the
+    length is over ``limit``; what the peer sent meanwhile stays unacknowledged in h2's stream
+    window (``Configuration.http2_stream_window_size``) and is dropped with the stream.
+
+    Reads grpclib's protocol stream (``Stream._stream``): grpclib has no public way to read a
+    message's prefix. ``tests/integration/test_hostile_grpc.py`` fails if an upgrade moves it.
+
+    Raises:
+        GRPCError: RESOURCE_EXHAUSTED (over the limit), INVALID_ARGUMENT (does not decode, or
+            the stream ended inside a message), UNIMPLEMENTED (compressed).
+    """
+    data = stream._stream
+    try:
+        prefix = await data.recv_data(5)
+        if not prefix:
+            return None
+        compressed, length = struct.unpack(">BI", prefix)
+        if compressed:
+            raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
+        if length > limit:
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"a message of {length} bytes is over the limit of {limit} bytes",
+            )
+        body = await data.recv_data(length)
+    except AssertionError as exc:  # grpclib's Buffer.read: the stream ended mid-message
+        raise GRPCError(Status.INVALID_ARGUMENT, "the stream ended inside a message") from exc
+    try:
+        return pb.MessageToServer.FromString(body)
+    except Exception as exc:  # betterproto2 raises several types on garbage
+        raise GRPCError(Status.INVALID_ARGUMENT, "the message does not decode") from exc
 
 
 def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:
@@ -354,21 +410,25 @@ async def serve(
     registry: AgentRegistry,
     hooks: AgentHooks,
     *,
+    refusals: RefusedHandshakes | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve agent streams until cancelled. Must run inside ``trio_asyncio.open_loop()``.
 
     Supports ``nursery.start``: ``started()`` gets the bound gRPC port. On cancellation every
     session ends with UNAVAILABLE (so agents reconnect elsewhere or later), the handlers are
-    given ``shutdown_grace_s`` to finish, then the listener closes.
+    given ``shutdown_grace_s`` to finish, then the listener closes. ``refusals`` replaces the
+    default rate limit of refused handshakes (tests).
     """
     host, port = config.grpc_endpoint
     sock = _bind(host, port)
-    service = RpcServer(config, credentials, registry, hooks)
+    service = RpcServer(config, credentials, registry, hooks, refusals)
     server = await trio_asyncio.aio_as_trio(_start)(service, sock, config)
     try:
-        task_status.started(sock.getsockname()[1])
-        await trio.sleep_forever()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(log_refusals, service.refusals)
+            task_status.started(sock.getsockname()[1])
+            await trio.sleep_forever()
     finally:
         with trio.move_on_after(config.shutdown_grace_s + 1, shield=True):
             service.end_sessions("the server is shutting down")
@@ -392,7 +452,7 @@ async def _start(
 ) -> grpclib.server.Server:
     server = grpclib.server.Server(
         [service],
-        codec=_Codec(),
+        codec=ProtoCodec(),
         config=Configuration(
             _keepalive_time=config.keepalive_s,
             _keepalive_timeout=config.keepalive_timeout_s,

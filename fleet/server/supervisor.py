@@ -33,7 +33,14 @@ import trio
 
 from fleet.proto import agent_service as pb
 
-from .agents import AgentInfo, AgentRegistry, AgentSession, SessionClosed, result_ack_message
+from .agents import (
+    AgentInfo,
+    AgentRegistry,
+    AgentSession,
+    PeerViolation,
+    SessionClosed,
+    result_ack_message,
+)
 from .batchrun import BatchRun, Publisher, RunDeps
 from .store import BatchRecord
 from .views import iso
@@ -152,13 +159,10 @@ class Supervisor:
         command_id = payload.command_id
         is_result = isinstance(payload, pb.BatchCommandResult)
         run = self._owner.get(command_id)
-        if run is None or run.batch.children[command_id].vps_id != session.vps_id:
-            if run is not None:
-                logger.warning(
-                    "vps=%s reported on command %s of another VPS; dropped",
-                    session.vps_id,
-                    command_id,
-                )
+        if run is not None and run.batch.children[command_id].vps_id != session.vps_id:
+            # No honest agent can: its stream ends (SPEC §7), nothing reaches the store.
+            raise PeerViolation(f"vps={session.vps_id} reported on a command of another VPS")
+        if run is None:
             if is_result:
                 # Finished long ago (or unknown): acknowledge so the agent stops re-sending.
                 self._ack_result(session, command_id)

@@ -10,6 +10,7 @@ import trio
 
 from fleet.core import BatchStatus, ChildStatus
 from fleet.proto import agent_service as pb
+from fleet.server.agents import PeerViolation
 
 from .harness import GRACE, Engine, make_batch
 
@@ -189,14 +190,18 @@ async def test_resume_of_a_terminating_batch_asks_the_agent_again(
         assert run.batch.status is BatchStatus.TERMINATED
 
 
-async def test_reports_from_another_vps_are_dropped(
+async def test_a_report_on_another_vps_command_is_a_peer_violation(
     engine: Engine, tmp_path: Path, autojump_clock: object
 ) -> None:
     with trio.fail_after(1):
         engine.connect(2)
         run, child_id = await _batch_at(engine, tmp_path, STEPS["sent"])
-        engine.output(2, child_id, b"spoofed", 0)
-        engine.result(2, child_id)
+        for spoof in (
+            lambda: engine.output(2, child_id, b"spoofed", 0),
+            lambda: engine.result(2, child_id),
+        ):
+            with pytest.raises(PeerViolation):
+                spoof()
         await engine.settle()
         assert engine.status(run, child_id) is S.SENT_TO_AGENT
         assert not (tmp_path / run.id / f"{child_id}.stdout").exists()

@@ -95,18 +95,18 @@ async def test_duplicates_and_late_results_are_ignored(
         await agent.close()
 
 
-async def test_reports_on_another_vps_command_are_dropped(
+async def test_a_report_on_another_vps_command_ends_that_stream(
     server: Endpoints, client: httpx.AsyncClient
 ) -> None:
     with trio.fail_after(10):
         vps_a, agent_a = await _connected(server, client, "a")
-        _vps_b, agent_b = await _connected(server, client, "b")
+        vps_b, agent_b = await _connected(server, client, "b")
         batch_id = await _run(client, "x", vps_a["id"])
         request = await agent_a.receive_payload("batch_agent_command_request")
-        # B claims A's command: dropped (the result is acknowledged so B stops re-sending).
+        # B claims A's command: no honest agent can, so B's stream ends (INVALID_ARGUMENT).
         await agent_b.send(FakeAgent.output(request.command_id, b"spoofed", 0))
-        await agent_b.send(FakeAgent.result(request.command_id, 1, 0))
-        await agent_b.receive_payload("batch_result_ack")
+        assert await agent_b.receive() is None
+        await wait_online(server, vps_b["id"], online=False)
         batch = await wait_batch(server, batch_id, lambda b: True)
         assert batch["tasks"][0]["status"] == "SENT_TO_AGENT"
         assert batch["tasks"][0]["stdout_bytes"] == 0
