@@ -30,6 +30,7 @@ from .batchrun import RunDeps
 from .clock import WallClock
 from .config import ServerConfig
 from .dbthread import DbThread, open_db_thread
+from .health import StoreHealth, watch_store_file
 from .http.app import create_app
 from .http.common import Services
 from .http.feed import FeedHub
@@ -109,7 +110,8 @@ async def serve(
         credentials = Credentials(await db.run(Store.vps_secret_hashes))
         registry = AgentRegistry()
         hub = FeedHub()
-        writeback = WriteBack(db, interval_s=config.flush_interval_s)
+        health = StoreHealth()
+        writeback = WriteBack(db, interval_s=config.flush_interval_s, health=health)
         deps = RunDeps(
             agents=registry,
             recorder=writeback,
@@ -132,9 +134,12 @@ async def serve(
             supervisor=supervisor,
             hub=hub,
             token_hashes=set(await db.run(Store.token_hashes)),
+            health=health,
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(writeback.run)
+            if config.db_url is None:
+                nursery.start_soon(watch_store_file, data_dir / "fleet.db", health)
             await nursery.start(supervisor.run)
             await _resume(db, supervisor)
             grpc_port = await nursery.start(rpc.serve, config, credentials, registry, supervisor)

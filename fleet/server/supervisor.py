@@ -25,6 +25,7 @@ ended a child (its agent was away too long) still reach its log and its ``agent_
 
 from __future__ import annotations
 
+import collections
 import logging
 from typing import Any
 
@@ -81,7 +82,9 @@ class Supervisor:
         self._retain_s = retain_s
         self._runs: dict[str, BatchRun] = {}  # batches the API reads from memory
         self._owner: dict[str, BatchRun] = {}  # child id → its batch (running or retained)
-        self._retained: list[tuple[float, BatchRun]] = []  # final batches, oldest first
+        self._retained: collections.deque[tuple[float, BatchRun]] = (
+            collections.deque()
+        )  # oldest first
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -123,7 +126,7 @@ class Supervisor:
     def _forget_expired(self) -> None:
         now = trio.current_time()
         while self._retained and self._retained[0][0] <= now:
-            _, run = self._retained.pop(0)
+            _, run = self._retained.popleft()
             for child_id in run.batch.children:
                 if self._owner.get(child_id) is run:
                     del self._owner[child_id]

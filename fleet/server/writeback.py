@@ -20,11 +20,15 @@ from fleet.core import NotFound
 
 from .agents import AgentInfo
 from .dbthread import DbThread
+from .health import StoreHealth, storage_fault
 from .store import UNSET, BatchUpdate, ChildUpdate, Store
 
-__all__ = ["WriteBack"]
+__all__ = ["MAX_RETRY_S", "WriteBack"]
 
 logger = logging.getLogger(__name__)
+
+#: The longest wait between two attempts while the store refuses writes.
+MAX_RETRY_S = 5.0
 
 
 _U = TypeVar("_U", ChildUpdate, BatchUpdate)
@@ -51,8 +55,11 @@ def _queue(pending: dict[str, _U], key: str, update: _U, *, older: bool = False)
 class WriteBack:
     """Batches store writes. Start ``run`` in a nursery; ``flush`` to force one now."""
 
-    def __init__(self, db: DbThread, *, interval_s: float) -> None:
+    def __init__(
+        self, db: DbThread, *, interval_s: float, health: StoreHealth | None = None
+    ) -> None:
         self._db = db
+        self._health = health or StoreHealth()
         self._interval = interval_s
         self._children: dict[str, ChildUpdate] = {}
         self._batches: dict[str, BatchUpdate] = {}
@@ -86,36 +93,47 @@ class WriteBack:
     def pending(self) -> bool:
         return bool(self._children or self._batches or self._seen or self._infos or self._callbacks)
 
-    async def flush(self) -> None:
-        """Commit everything recorded so far, now."""
+    async def flush(self) -> bool:
+        """Commit everything recorded so far, now; ``False`` when the store refused it (the
+        changes stay queued, under anything recorded since, for the next attempt)."""
         children, batches, seen, callbacks = self._take()
         infos, self._infos = self._infos, {}
         try:
+            self._health.check_writable()
             await self._commit(children, batches, seen, callbacks)
             if infos:
                 await self._db.run(_record_infos, infos)
-        except Exception:
-            # Keep serving: the changes go back in the queue, under anything recorded since,
-            # and the next flush tries again.
-            logger.exception("store write failed; retrying at the next flush")
+        except Exception as exc:
+            reason = storage_fault(exc)
+            if reason is None:
+                if self._health.ok:  # an unexpected error: its traceback once, not per retry
+                    logger.exception("store write failed; retrying")
+                reason = f"store write failed ({type(exc).__name__})"
+            self._health.failed(reason)
             for update in children:
                 _queue(self._children, update.child_id, update, older=True)
             for b in batches:
                 _queue(self._batches, b.batch_id, b, older=True)
-            self._wake.set()
             self._seen = seen | self._seen
             self._infos = infos | self._infos
             self._callbacks = callbacks + self._callbacks
+            return False
+        if children or batches or seen or infos:
+            self._health.recovered()
+        return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Flush every ``interval_s`` while there are changes; on cancel, a last bounded flush."""
+        """Flush every ``interval_s`` while there are changes; after a failure, back off
+        (doubling up to ``MAX_RETRY_S``) and try again; on cancel, a last bounded flush."""
         task_status.started()
+        delay = self._interval
         try:
             while True:
-                await self._wake.wait()
+                if not self.pending:
+                    await self._wake.wait()
                 self._wake = trio.Event()
-                await trio.sleep(self._interval)
-                await self.flush()
+                await trio.sleep(delay)
+                delay = self._interval if await self.flush() else min(delay * 2, MAX_RETRY_S)
         finally:
             with trio.move_on_after(10, shield=True):
                 if self.pending:

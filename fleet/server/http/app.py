@@ -15,6 +15,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from fleet import core
+from fleet.server.health import storage_fault
 
 from . import routes_batches, routes_scripts, routes_ui, routes_vps
 from .auth import presented_token, token_ok
@@ -24,6 +25,7 @@ __all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
 
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 _PUBLIC = ("/api/login", "/api/openapi.json", "/favicon.ico")
 _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -43,6 +45,8 @@ def create_app(services: Services) -> QuartTrio:
     @app.before_request
     async def _authenticate() -> Response | None:
         path = request.path
+        if request.method not in _READS and path.startswith("/api/"):
+            services.health.check_writable()  # a lost store file: 503 before any work
         if not path.startswith("/api/") or path in _PUBLIC:
             return None
         if token_ok(services, presented_token(request.headers, request.cookies)):
@@ -88,6 +92,11 @@ def create_app(services: Services) -> QuartTrio:
 
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:
+        reason = storage_fault(exc)
+        if reason is not None:
+            if request.method not in _READS:
+                services.health.failed(reason)
+            return error_response(503, "storage_unavailable", reason)
         logger.exception("unexpected error on %s %s", request.method, request.path)
         return error_response(500, "internal_error", "unexpected server error (see the log)")
 

@@ -17,6 +17,7 @@ from fleet import core
 from fleet.server.agents import AgentRegistry, Credentials
 from fleet.server.config import ServerConfig
 from fleet.server.dbthread import DbThread
+from fleet.server.health import StoreHealth
 from fleet.server.supervisor import Supervisor
 
 from .feed import FeedHub, Overrun, Subscription
@@ -55,6 +56,7 @@ class Services:
     hub: FeedHub
     token_hashes: set[str] = field(default_factory=set)
     grpc_address: str = ""
+    health: StoreHealth = field(default_factory=StoreHealth)
 
 
 def error_response(status: int, code: str, detail: Any) -> Response:
