@@ -32,7 +32,9 @@ BUDGET = {
 }
 
 
-async def _run(names: list[str], quick: bool, runs: int | None) -> dict[str, Any]:
+async def _run(
+    names: list[str], quick: bool, runs: int | None, journal: str = "on"
+) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine_notes(), "quick": quick, "results": {}}
     started = time.time()
     for name in names:
@@ -47,6 +49,8 @@ async def _run(names: list[str], quick: bool, runs: int | None) -> dict[str, Any
                     kwargs["runs"] = runs
                 if name == "compare":
                     kwargs["previous"] = results["results"]
+                if name == "fanout":
+                    kwargs["journal"] = journal
                 result = await module.run(**kwargs)
         except trio.TooSlowError:
             result = {"benchmark": name, "error": f"did not finish within {budget} s"}
@@ -77,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer runs")
     parser.add_argument("--runs", type=int, help="runs per figure (default 5, quick 3)")
     parser.add_argument("--save", metavar="PATH", help="also write the JSON document to PATH")
+    parser.add_argument(
+        "--agent-journal",
+        choices=("on", "off", "both"),
+        default="on",
+        help="fanout: agents keep journals (on, the default, as fleet-agent does), not (off), "
+        "or both, one after the other in the same run (the journal's cost)",
+    )
     args = parser.parse_args(argv)
     names: list[str] = []
     for name in args.names:
@@ -90,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if "compare" in names:  # compare reuses the fanout/throughput figures of the same run
         names = [n for n in names if n != "compare"] + ["compare"]
     raise_nofile()
-    results = trio.run(_run, names, args.quick, args.runs)
+    results = trio.run(_run, names, args.quick, args.runs, args.agent_journal)
     if args.save:
         with open(args.save, "w", encoding="utf-8") as f:
             json.dump(_clean(results), f, indent=2, default=str)

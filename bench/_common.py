@@ -419,16 +419,27 @@ def split(items: Sequence[Any], parts: int) -> list[list[Any]]:
 
 
 def agent_host_argvs(
-    creds: Sequence[tuple[int, str]], server_address: str, tmp: Path, hosts: int
+    creds: Sequence[tuple[int, str]],
+    server_address: str,
+    tmp: Path,
+    hosts: int,
+    *,
+    journal: bool = True,
 ) -> list[list[str]]:
-    """Command lines for ``hosts`` ``bench.agents_host`` processes sharing ``creds``."""
+    """Command lines for ``hosts`` ``bench.agents_host`` processes sharing ``creds``.
+
+    With ``journal`` every agent keeps its journal under ``tmp/agent-state`` (as a real
+    ``fleet-agent`` does).
+    """
     argvs = []
     for k, part in enumerate(split(creds, hosts)):
         path = tmp / f"agents-{k}.json"
         path.write_text(json.dumps(part))
-        argvs.append(
-            [PY, "-m", "bench.agents_host", "--server", server_address, "--agents", str(path)]
-        )
+        argv = [PY, "-m", "bench.agents_host", "--server", server_address, "--agents", str(path)]
+        if journal:
+            (tmp / "agent-state").mkdir(mode=0o700, exist_ok=True)
+            argv += ["--state-root", str(tmp / "agent-state")]
+        argvs.append(argv)
     return argvs
 
 

@@ -22,6 +22,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -130,6 +131,8 @@ def agent_environment(port: int) -> dict[str, str]:
         FLEET_AGENT_VPS_ID="1",
         FLEET_AGENT_SECRET=SECRET,
         FLEET_AGENT_LOG_LEVEL="WARNING",
+        # A journal of its own (a few hundred bytes), not the machine's /var/lib/fleet-agent.
+        FLEET_AGENT_STATE_DIR=tempfile.mkdtemp(prefix="fleet-bench-agent-state-"),
     )
     return environ
 

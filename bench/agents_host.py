@@ -2,7 +2,8 @@
 
     python -m bench.agents_host --server HOST:PORT --agents FILE.json
 
-``FILE.json`` is a list of ``[vps_id, secret]``. Protocol on stdin/stdout (see
+``FILE.json`` is a list of ``[vps_id, secret]``; with ``--state-root DIR`` each agent keeps its
+journal in ``DIR/vps-N`` (as ``fleet-agent`` always does), else none. Protocol on stdin/stdout (see
 ``bench._common.Workers``): print ``ready`` once imported; on a ``go`` line start every agent
 at once and print ``connected OK FAILED SECONDS`` when each has made its first connection
 attempt (``run_agent``'s ``started(connected)``); keep running until stdin closes, then cancel
@@ -18,6 +19,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 import trio
 import trio_asyncio
@@ -36,7 +38,9 @@ async def _read_line(stream: trio.lowlevel.FdStream) -> bytes:
     return data
 
 
-async def host(server: str, agents: list[tuple[int, str]], max_concurrent: int) -> None:
+async def host(
+    server: str, agents: list[tuple[int, str]], max_concurrent: int, state_root: str | None
+) -> None:
     configs = [
         AgentConfig(
             server=server,
@@ -47,6 +51,7 @@ async def host(server: str, agents: list[tuple[int, str]], max_concurrent: int) 
             connect_timeout_s=120.0,
             reconnect_min_s=0.2,
             reconnect_max_s=2.0,
+            state_dir=Path(state_root, f"vps-{vps_id}") if state_root else None,
         )
         for vps_id, secret in agents
     ]
@@ -81,11 +86,14 @@ def main() -> None:
     parser.add_argument("--server", required=True)
     parser.add_argument("--agents", required=True, help="JSON file: [[vps_id, secret], ...]")
     parser.add_argument("--max-concurrent", type=int, default=32)
+    parser.add_argument(
+        "--state-root", help="give each agent a journal in STATE_ROOT/vps-N (default: none)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     with open(args.agents, encoding="utf-8") as f:
         agents = [(int(v), str(s)) for v, s in json.load(f)]
-    trio.run(host, args.server, agents, args.max_concurrent)
+    trio.run(host, args.server, agents, args.max_concurrent, args.state_root)
 
 
 if __name__ == "__main__":

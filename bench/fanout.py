@@ -47,16 +47,20 @@ def default_sizes(quick: bool) -> list[int]:
 
 
 async def measure(
-    n: int, runs: int, hosts: int = 4, commands: tuple[str, ...] = COMMANDS
+    n: int,
+    runs: int,
+    hosts: int = 4,
+    commands: tuple[str, ...] = COMMANDS,
+    journal: bool = True,
 ) -> dict[str, Any]:
-    """Everything about fan-out to ``n`` agents on one fresh server."""
+    """Everything about fan-out to ``n`` agents on one fresh server (agents with journals)."""
     batch_timeout = 60 + n * 0.2
     async with temp_dir("fleet-bench-fanout-") as tmp, fleet_server(tmp) as server:
         async with Api(server) as api:
             log(f"fanout N={n}: registering {n} VPSes")
             creds = await api.create_vps_many(n)
             ids = [vps_id for vps_id, _ in creds]
-            argvs = agent_host_argvs(creds, server.grpc_address, tmp, hosts)
+            argvs = agent_host_argvs(creds, server.grpc_address, tmp, hosts, journal=journal)
             async with workers(argvs, tmp, "agents") as group:
                 cpu0 = cpu_s(server.pid)
                 rss0 = rss_mib(server.pid)
@@ -111,6 +115,7 @@ async def measure(
                 hosts_cpu = sum(cpu_s(pid) for pid in group.pids)
             return {
                 "n": n,
+                "journal": journal,
                 "agent_processes": len(argvs),
                 "connect_s": connect_s,
                 "connect_failed_first_attempt": group.failed,
@@ -126,22 +131,40 @@ async def measure(
 
 
 async def run(
-    quick: bool = False, sizes: list[int] | None = None, runs: int | None = None
+    quick: bool = False,
+    sizes: list[int] | None = None,
+    runs: int | None = None,
+    journal: str = "on",
 ) -> dict[str, Any]:
+    """``journal``: "on" (agents keep journals, as ``fleet-agent`` does), "off", or "both"
+    (each N measured without, then with, in the same run: the journal's cost)."""
     runs = runs or (3 if quick else 5)
     results = []
+    without = []
     for n in sizes or default_sizes(quick):
-        results.append(await measure(n, runs))
-    return {"benchmark": "fanout", "runs_per_figure": runs, "sizes": results}
+        if journal in ("off", "both"):
+            (results if journal == "off" else without).append(await measure(n, runs, journal=False))
+        if journal in ("on", "both"):
+            results.append(await measure(n, runs, journal=True))
+    out: dict[str, Any] = {"benchmark": "fanout", "runs_per_figure": runs, "sizes": results}
+    if without:
+        out["sizes_without_journal"] = without
+    return out
 
 
 def render(result: dict[str, Any]) -> str:
     rows = []
-    for s in result["sizes"]:
+    sizes = sorted(
+        result["sizes"] + result.get("sizes_without_journal", []),
+        key=lambda s: (s["n"], s.get("journal", True)),
+    )
+    for s in sizes:
         t, e = s["commands"].get("true", {}), s["commands"].get("echo hi", {})
+        batches = 1 + 2 * result["runs_per_figure"]  # warm-up + the timed batches
         rows.append(
             [
                 s["n"],
+                "on" if s.get("journal", True) else "off",
                 fmt(s["connect_s"], "s"),
                 fmt(t.get("final_s", math.nan), "s"),
                 fmt(e.get("final_s", math.nan), "s"),
@@ -149,6 +172,7 @@ def render(result: dict[str, Any]) -> str:
                 fmt(s["server_peak_rss_mib"], "MiB", 1),
                 fmt(s["connect_server_cpu_s"], "s", 2),
                 fmt(e.get("server_cpu_s", math.nan), "s", 2),
+                fmt(s["agent_hosts_cpu_s"] / (batches * s["n"]) * 1000, "ms", 2),
             ]
         )
     return (
@@ -156,6 +180,7 @@ def render(result: dict[str, Any]) -> str:
         + table(
             [
                 "N",
+                "journal",
                 "connect",
                 "true final",
                 "echo final",
@@ -163,6 +188,7 @@ def render(result: dict[str, Any]) -> str:
                 "srv peak RSS",
                 "srv CPU connect",
                 "srv CPU/echo batch",
+                "agent CPU/command",
             ],
             rows,
         )

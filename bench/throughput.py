@@ -70,6 +70,7 @@ async def run(
                 FLEET_AGENT_VPS_ID=str(vps_id),
                 FLEET_AGENT_SECRET=secret,
                 FLEET_AGENT_LOG_LEVEL="WARNING",
+                FLEET_AGENT_STATE_DIR=str(tmp / "agent-state"),
             )
             agent = await spawn([PY, "-m", "fleet.agent"], tmp / "agent.log", env=env)
             try:

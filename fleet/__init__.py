@@ -5,11 +5,11 @@ direction only; no import cycles):
 
 1. ``fleet.proto`` (generated wire messages), ``fleet.core`` (sans-I/O domain: statuses,
    state machines, output bookkeeping, request validation), ``fleet.logformat`` (the
-   commands' text or JSON log lines) and ``fleet.wellformed`` (decoded messages checked
-   against their schema, for both ends of the agent stream).
-2. ``fleet.agent`` (the daemon on every VPS; never imports ``fleet.server``) and the ``fleet``
-   CLI: ``fleet.client`` (the REST client), ``fleet.watch`` (the live feed), ``fleet.console``
-   (printing), ``fleet.commands`` and ``fleet.cli`` (flags and dispatch); none of them imports
+   commands' text or JSON log lines), ``fleet.wellformed`` (decoded messages checked
+   against their schema, for both ends of the agent stream) and ``fleet.wire`` (the gRPC
+   method path and the trio-asyncio loop, shared by both ends).
+2. ``fleet.agent`` (the daemon on every VPS) and ``fleet.cli`` (the ``fleet`` command: REST
+   client, live feed, printing, one module per command group); neither imports
    ``fleet.server``.
 3. ``fleet.server.config``, ``fleet.server.agents``, ``fleet.server.records`` (plain records),
    ``fleet.server.store`` (Pony, by noun), ``fleet.server.dbthread``, ``fleet.server.logs``,
@@ -29,8 +29,8 @@ direction only; no import cycles):
 10. ``fleet.server.demo``, ``fleet.server.serve``
 11. ``fleet.server.cli``
 
-Only ``fleet.server.rpc`` and ``fleet.agent.link`` touch asyncio (grpclib runs there, hosted in
-trio through trio-asyncio).
+Only ``fleet.server.rpc``, ``fleet.agent.link`` and ``fleet.wire`` touch asyncio (grpclib runs
+there, hosted in trio through trio-asyncio).
 """
 
 from __future__ import annotations

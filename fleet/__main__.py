@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from fleet.cli import main
+from fleet.cli.main import main
 
 sys.exit(main())

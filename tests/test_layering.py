@@ -3,9 +3,10 @@
 * ``fleet/core`` is sans-I/O: no event loops, sockets, processes, threads, clocks, randomness,
   logging configuration, and nothing from ``fleet.server`` or ``fleet.agent``.
 * ``fleet/agent`` never imports ``fleet.server`` (or the server's web and database stack).
-* The ``fleet`` CLI (``fleet.cli``, ``fleet.client``, ``fleet.watch``, ``fleet.console``,
-  ``fleet.commands``) never imports ``fleet.server``, quart, hypercorn or pony.
-* Only ``fleet/server/rpc.py`` and ``fleet/agent/link.py`` touch asyncio / trio-asyncio / grpclib.
+* The ``fleet`` CLI (the ``fleet.cli`` package) never imports ``fleet.server``, quart, hypercorn
+  or pony.
+* Only ``fleet/server/rpc.py``, ``fleet/agent/link.py`` and what they share, ``fleet/wire.py``,
+  touch asyncio / trio-asyncio / grpclib.
 * No module imports a module from a higher layer.
 * No import cycles (imports inside functions count; ``TYPE_CHECKING`` ones do not run).
 * Two entries of one layer never import each other (one direction only).
@@ -26,9 +27,12 @@ import pytest
 import fleet
 
 ROOT = Path(fleet.__file__).parent  # .../fleet
-GRPC_MODULES = {"fleet.server.rpc", "fleet.agent.link"}
-#: The ``fleet`` CLI: the light base install's client modules.
-CLI_MODULES = {"fleet.cli", "fleet.client", "fleet.watch", "fleet.console", "fleet.commands"}
+GRPC_MODULES = {"fleet.server.rpc", "fleet.agent.link", "fleet.wire"}
+#: The ``fleet`` CLI: the light base install's client package.
+CLI_MODULES = {
+    "fleet.cli", "fleet.cli.main", "fleet.cli.client", "fleet.cli.watch", "fleet.cli.console",
+    "fleet.cli.follow", "fleet.cli.run", "fleet.cli.vps", "fleet.cli.scripts", "fleet.cli.batches",
+}  # fmt: skip
 
 #: Top-level modules fleet/core must not import.
 CORE_BANNED = {
@@ -53,15 +57,8 @@ ASYNCIO_FAMILY = {"asyncio", "trio_asyncio", "grpclib"}
 
 #: The layers of fleet/__init__.py's docstring (lowest first); checked against it below.
 LAYERS: list[list[str]] = [
-    ["fleet.proto", "fleet.core", "fleet.logformat", "fleet.wellformed"],
-    [
-        "fleet.agent",
-        "fleet.client",
-        "fleet.watch",
-        "fleet.console",
-        "fleet.commands",
-        "fleet.cli",
-    ],
+    ["fleet.proto", "fleet.core", "fleet.logformat", "fleet.wellformed", "fleet.wire"],
+    ["fleet.agent", "fleet.cli"],
     [
         "fleet.server.config",
         "fleet.server.agents",
@@ -256,7 +253,7 @@ def asyncio_violations(source: Source) -> list[str]:
     if source.module in GRPC_MODULES:
         return []
     return [
-        f"{source.rel}:{imp.line} imports {hit} (only {' and '.join(sorted(GRPC_MODULES))} may: "
+        f"{source.rel}:{imp.line} imports {hit} (only {', '.join(sorted(GRPC_MODULES))} may: "
         "reach it through them, e.g. a helper there that opens the trio-asyncio loop)"
         for imp in source.imports()
         if not imp.type_only and (hit := matches(imp.target, ASYNCIO_FAMILY))
@@ -502,8 +499,8 @@ def test_layer_rule() -> None:
     assert layer_violations(_source("from fleet.server import store", "fleet.agent.runner"))
     assert layer_violations(_source("import fleet.server.store", "fleet.cli"))
     assert layer_violations(_source("from fleet.server.http.app import x", "fleet.cli.main"))
-    assert layer_violations(_source("from fleet import server", "fleet.commands"))
-    assert layer_violations(_source("from .watch import follow", "fleet.commands")) == []
+    assert layer_violations(_source("from fleet import server", "fleet.cli.run"))
+    assert layer_violations(_source("from .watch import follow", "fleet.cli.follow")) == []
     assert layer_violations(_source("from .store import Store", "fleet.server.supervisor")) == []
     assert layer_violations(_source("from fleet.core import Batch", "fleet.server.cli")) == []
     assert layer_violations(_source("from .serve import main", "fleet.server.cli")) == []

@@ -78,6 +78,7 @@ def _agent_log_lines(tmp_path: Path, *args: str) -> list[str]:
     secret.write_text("s3cret\n")
     secret.chmod(0o600)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    environ["FLEET_AGENT_STATE_DIR"] = str(tmp_path / "agent-state")  # not the machine's
     process = subprocess.Popen(
         [sys.executable, "-m", "fleet.agent", "--server", "127.0.0.1:9", "--vps-id", "1",
          "--secret-file", str(secret), *args],

@@ -23,6 +23,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 import fleet.proto
 from fleet.proto import agent_service
+from fleet.wire import METHOD_PATH
 
 PROTO_DIR = Path(fleet.proto.__file__).parent
 SOURCES = ["batch_command.proto", "handshake.proto", "messages.proto", "service.proto"]
@@ -503,8 +504,10 @@ def test_reserved_numbers_are_declared(google: dict[str, ModuleType]) -> None:
 def test_the_service_method_path(google: dict[str, ModuleType]) -> None:
     service = google["service_pb2"].DESCRIPTOR.services_by_name["AgentCommunicationService"]
     (method,) = service.methods
-    assert f"/{service.full_name}/{method.name}" == (
-        "/agent_service.AgentCommunicationService/EstablishCommunicationStream"
+    assert (
+        f"/{service.full_name}/{method.name}"
+        == METHOD_PATH
+        == ("/agent_service.AgentCommunicationService/EstablishCommunicationStream")
     )
     assert method.client_streaming
     assert method.server_streaming

@@ -32,7 +32,7 @@ def test_server_on_310_is_one_line_and_status_2() -> None:
 
 def test_agent_and_cli_import_without_the_server() -> None:
     code = (
-        "import sys, fleet.agent.cli, fleet.agent.run, fleet.cli; "
+        "import sys, fleet.agent.cli, fleet.agent.run, fleet.cli.main; "
         "assert not [m for m in sys.modules if m.startswith(('fleet.server', 'quart', 'pony'))]"
     )
     result = _python(code)

@@ -4,7 +4,11 @@ Modules, lowest layer first (a module only imports those before it):
 
 - ``config``: :class:`AgentConfig` and :class:`Secret` (no I/O at import).
 - ``host``: what the handshake says about this machine.
+- ``backoff``: reconnect delays.
 - ``outbox``: output, acks and results owed to the server, kept across reconnects.
+- ``journal``: the journal's records and how they replay (no I/O).
+- ``statedir``: the state directory: its lock, the journal file, compaction.
+- ``orphans``: finds and stops the processes of commands a previous agent process left.
 - ``runner``: runs one command in its own process group.
 - ``link``: the gRPC stream (grpclib in trio via trio-asyncio): the only asyncio module.
 - ``run``: :func:`run_agent`, the reconnect loop and the per-command tasks.

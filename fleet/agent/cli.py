@@ -1,7 +1,8 @@
 """``fleet-agent``: flags and ``FLEET_AGENT_*`` variables → :class:`AgentConfig` → the agent.
 
 Precedence is flag > environment variable > default. A bad or missing setting prints one line
-on stderr and exits with status 2 (no traceback). SIGTERM or SIGINT stops the agent gracefully
+on stderr and exits with status 2 (no traceback), and so does a state directory that cannot be
+used (or that another agent uses). SIGTERM or SIGINT stops the agent gracefully
 (its commands are terminated and reported); a second signal, or the grace running out, stops it
 at once. The exit status is then 0.
 """
@@ -23,9 +24,10 @@ import trio
 import fleet
 from fleet import logformat
 
-from .config import AgentConfig, ConfigError, Secret
+from .config import AgentConfig, ConfigError, Secret, default_state_dir
 from .link import open_loop
 from .run import SHUTDOWN_REPORT_S, run_agent
+from .statedir import Journal, JournalError
 
 __all__ = ["build_config", "main"]
 
@@ -70,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
         help="SIGTERM→SIGKILL grace (5) [FLEET_AGENT_TERMINATE_GRACE]",
     )
     add("--no-exec", action="store_true", help="reject every command [FLEET_AGENT_NO_EXEC]")
+    add(
+        "--state-dir",
+        metavar="PATH",
+        help="journal directory, mode 0700 (/var/lib/fleet-agent as root, else "
+        "$XDG_STATE_HOME/fleet-agent) [FLEET_AGENT_STATE_DIR]",
+    )
     add("--log-level", metavar="LEVEL", help="DEBUG, INFO, ... (INFO) [FLEET_AGENT_LOG_LEVEL]")
     add("--log-format", metavar="FORMAT", help="text or json (text) [FLEET_AGENT_LOG_FORMAT]")
     add("--version", action="version", version=f"%(prog)s {fleet.__version__}")
@@ -116,6 +124,11 @@ def build_config(argv: Sequence[str], environ: Mapping[str, str]) -> AgentConfig
         values["log_level"] = str(level).upper()
     if log_format := setting("log_format", "LOG_FORMAT"):
         values["log_format"] = str(log_format).lower()
+    state_dir = setting("state_dir", "STATE_DIR")
+    if state_dir:
+        values["state_dir"] = Path(state_dir).absolute()
+    else:
+        values["state_dir"] = default_state_dir(environ, os.geteuid(), Path.home())
     return AgentConfig(**values)
 
 
@@ -134,32 +147,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_format=config.log_format,
         text_format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if "--secret" in args or any(arg.startswith("--secret=") for arg in args):
+    journal = Journal(config.state_dir, max_results=config.max_unacked_results)
+    try:
+        if not _given("--state-dir", args) and not os.environ.get("FLEET_AGENT_STATE_DIR"):
+            _make_parents(journal.directory)  # ~/.local/state may not exist yet
+        journal.open()  # before anything starts, so that a refusal is one line
+    except JournalError as error:
+        print(f"{_PROG}: error: {error}", file=sys.stderr)
+        return 2
+    if _given("--secret", args):
         logger.warning("--secret is visible to every user in the process list; use --secret-file")
     logger.info(
-        "fleet-agent %s: vps=%d server=%s tls=%s no_exec=%s",
+        "fleet-agent %s: vps=%d server=%s tls=%s no_exec=%s state_dir=%s",
         fleet.__version__,
         config.vps_id,
         config.server,
         config.tls,
         config.no_exec,
+        config.state_dir,
     )
     try:
-        trio.run(_serve, config)
+        trio.run(_serve, config, journal)
     except KeyboardInterrupt:  # before the signal handlers were installed
         return 130
     except Exception:
         logger.exception("fleet-agent crashed")
         return 1
+    finally:
+        journal.close()
     return 0
 
 
-async def _serve(config: AgentConfig) -> None:
+async def _serve(config: AgentConfig, journal: Journal) -> None:
     async with open_loop():
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, config, stop, nursery.cancel_scope)
-            await run_agent(config, stop=stop)
+            await run_agent(config, stop=stop, journal=journal)
             nursery.cancel_scope.cancel()
     logger.info("vps=%d stopped", config.vps_id)
 
@@ -182,6 +206,18 @@ async def _watch_signals(config: AgentConfig, stop: trio.Event, scope: trio.Canc
                 + SHUTDOWN_REPORT_S
                 + 3
             )
+
+
+def _given(flag: str, args: Sequence[str]) -> bool:
+    return flag in args or any(arg.startswith(flag + "=") for arg in args)
+
+
+def _make_parents(directory: Path) -> None:
+    """Create the default state directory's missing parents, private (XDG: mode 0700)."""
+    try:
+        os.makedirs(directory.parent, mode=0o700, exist_ok=True)
+    except OSError:
+        pass  # Journal.open() says what is wrong with the directory itself
 
 
 def _secret(given: Mapping[str, Any], environ: Mapping[str, str]) -> Secret:

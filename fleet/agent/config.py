@@ -12,13 +12,20 @@ import ipaddress
 import logging
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fleet.logformat import FORMATS
 
-__all__ = ["AgentConfig", "ConfigError", "Secret", "parse_server_address"]
+__all__ = [
+    "AgentConfig",
+    "ConfigError",
+    "Secret",
+    "default_state_dir",
+    "parse_server_address",
+]
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -90,6 +97,19 @@ def parse_server_address(server: str) -> tuple[str, int]:
     return host, port
 
 
+def default_state_dir(environ: Mapping[str, str], euid: int, home: Path) -> Path:
+    """Where the agent keeps its journal when ``--state-dir`` is not given (SPEC §6).
+
+    ``/var/lib/fleet-agent`` for root, else ``$XDG_STATE_HOME/fleet-agent`` (an absolute
+    ``XDG_STATE_HOME`` only, as the XDG spec says), else ``~/.local/state/fleet-agent``.
+    """
+    if euid == 0:
+        return Path("/var/lib/fleet-agent")
+    xdg = environ.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else home / ".local" / "state"
+    return base / "fleet-agent"
+
+
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 _INT32_MAX = 2**31 - 1
 
@@ -139,6 +159,10 @@ class AgentConfig:
     output_drain_s: float = 2.0
     #: Final results kept until the server's ``BatchResultAck``; beyond, the oldest are dropped.
     max_unacked_results: int = 1000
+    #: Directory of the journal (``fleet.agent.journal``), created mode 0700. None keeps no
+    #: journal: a restarted agent then cannot vouch for what it ran (the handshake says so).
+    #: ``fleet-agent`` always sets one (:func:`default_state_dir`).
+    state_dir: Path | None = None
 
     def __post_init__(self) -> None:
         parse_server_address(self.server)
@@ -185,6 +209,8 @@ class AgentConfig:
             raise ConfigError(f"output buffer must be at least {MAX_CHUNK_BYTES} bytes")
         if self.max_unacked_results < 1:
             raise ConfigError("max unacked results must be at least 1")
+        if self.state_dir is not None and not os.path.isabs(self.state_dir):
+            raise ConfigError(f"state dir must be an absolute path, got {str(self.state_dir)!r}")
 
     @property
     def host(self) -> str:

@@ -30,7 +30,6 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import betterproto2
 import h2.exceptions
@@ -42,6 +41,7 @@ from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from fleet.proto import agent_service as pb
+from fleet.wire import METHOD_PATH, open_loop
 
 from .config import AgentConfig
 
@@ -54,9 +54,6 @@ __all__ = [
     "open_link",
     "open_loop",
 ]
-
-
-METHOD_PATH = "/agent_service.AgentCommunicationService/EstablishCommunicationStream"
 
 #: Messages queued for the writer; a full queue makes ``send()`` wait (backpressure).
 OUTGOING_CAPACITY = 32
@@ -257,12 +254,6 @@ class Link:
         finally:
             self._stream = None
             channel.close()
-
-
-def open_loop() -> Any:
-    """The asyncio loop that hosts grpclib inside trio: ``async with link.open_loop():`` once,
-    at the top of the trio run, around any number of ``run_agent`` calls."""
-    return trio_asyncio.open_loop()
 
 
 def check_asyncio_loop() -> None:

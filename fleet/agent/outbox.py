@@ -185,6 +185,10 @@ class Outbox:
         record = self._records.get(command_id)
         return record is not None and not record.synthetic
 
+    def open_ids(self) -> list[str]:
+        """Every command accepted whose result is not yet acknowledged (running or finished)."""
+        return [command_id for command_id, record in self._records.items() if not record.synthetic]
+
     def has_result(self, command_id: str) -> bool:
         """True if the command's final result waits for the server's ack."""
         record = self._records.get(command_id)

@@ -12,6 +12,14 @@ run many agents at once, e.g. the server's ``--demo N``)::
 Commands belong to the agent's nursery, not to a connection: they keep running while the link
 is down, and their output and results wait in the :class:`~fleet.agent.outbox.Outbox`.
 
+With ``config.state_dir`` the agent keeps a :class:`~fleet.agent.journal.Journal` (SPEC §6): a
+command is journaled before its process starts, its result before it is sent, and forgotten
+once acknowledged. At start, what a previous agent process left is settled first: its running
+commands are stopped (``fleet.agent.orphans``) and reported ``FAILURE`` ("the agent restarted
+while the command ran"), its unacknowledged results are sent again, and an id it ran is never
+run again. Every handshake lists the open commands (``open_command_ids``) and says whether the
+list is the whole truth (``open_command_ids_complete``: only with a journal that was intact).
+
 Loggers: ``fleet.agent.run`` (connections, commands), ``fleet.agent.outbox`` (dropped output and
 results), ``fleet.agent.link``.
 """
@@ -22,17 +30,22 @@ import functools
 import itertools
 import logging
 import random
+from collections.abc import Callable
 
 import betterproto2
 import trio
 
 from fleet.proto import agent_service as pb
 
+from .backoff import Backoff
 from .config import AgentConfig
 from .host import describe_host
+from .journal import MAX_ID_CHARS, ProcessInfo, StoredResult
 from .link import HandshakeRefused, Link, LinkError, check_asyncio_loop, open_link
+from .orphans import boot_id, process_info, settle_left_over
 from .outbox import Outbox, unix_ms
-from .runner import CommandControl, CommandSpec, run_command
+from .runner import COULD_NOT_START, CommandControl, CommandSpec, run_command
+from .statedir import Journal
 
 __all__ = ["Backoff", "run_agent"]
 
@@ -48,6 +61,7 @@ async def run_agent(
     config: AgentConfig,
     *,
     stop: trio.Event | None = None,
+    journal: Journal | None = None,
     task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one agent: keep a link to the server and run the commands it sends.
@@ -65,43 +79,33 @@ async def run_agent(
         stop: when set, stop gracefully: reject new commands, terminate the running ones
             (SIGTERM, SIGKILL after the grace), report their results while the link is up
             (waiting up to ``SHUTDOWN_REPORT_S`` for the acks), then return.
+        journal: the journal of ``config.state_dir``, already opened (``fleet-agent`` opens it
+            first, to refuse an unusable state directory in one line); run_agent closes it.
+            By default run_agent opens it.
 
     Cancellation stops every command's process group (SIGTERM, SIGKILL after
     ``config.terminate_grace_s``) in shielded cleanup bounded by the grace plus three seconds,
-    closes the link, and propagates. Results not yet reported are lost then.
+    closes the link, and propagates. Results not yet reported are lost then, unless journaled.
+
+    Raises:
+        JournalError: ``config.state_dir`` cannot be used (before anything starts).
     """
     check_asyncio_loop()
-    async with trio.open_nursery() as nursery:
-        agent = _Agent(config, nursery)
-        connected: bool = await nursery.start(agent.connect_forever)
-        task_status.started(connected)
-        if stop is not None:
-            await stop.wait()
-            await agent.shutdown()
-            nursery.cancel_scope.cancel(reason="agent stopped")
-
-
-class Backoff:
-    """Reconnect delays: attempt *n* waits ``uniform(0.5, 1) × min(maximum, minimum × 2ⁿ)``.
-
-    The jitter spreads the reconnects of many agents after a server restart.
-    """
-
-    def __init__(self, minimum: float, maximum: float, rng: random.Random) -> None:
-        self._minimum = minimum
-        self._maximum = maximum
-        self._rng = rng
-        self._attempt = 0
-
-    def next_delay(self) -> float:
-        """The delay before the next attempt (and count this one)."""
-        base = min(self._maximum, self._minimum * 2.0**self._attempt)
-        self._attempt = min(self._attempt + 1, 64)
-        return base * self._rng.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        """Start again from ``minimum`` (after a successful handshake)."""
-        self._attempt = 0
+    if journal is None:
+        journal = Journal(config.state_dir, max_results=config.max_unacked_results)
+        await trio.to_thread.run_sync(journal.open)
+    try:
+        async with trio.open_nursery() as nursery:
+            agent = _Agent(config, nursery, journal)
+            agent.recover()
+            connected: bool = await nursery.start(agent.connect_forever)
+            task_status.started(connected)
+            if stop is not None:
+                await stop.wait()
+                await agent.shutdown()
+                nursery.cancel_scope.cancel(reason="agent stopped")
+    finally:
+        journal.close()
 
 
 class _CommandOutput:
@@ -118,9 +122,11 @@ class _CommandOutput:
 class _Agent:
     """The state of one ``run_agent`` call; its methods run as tasks in ``nursery``."""
 
-    def __init__(self, config: AgentConfig, nursery: trio.Nursery) -> None:
+    def __init__(self, config: AgentConfig, nursery: trio.Nursery, journal: Journal) -> None:
         self._config = config
         self._nursery = nursery
+        self._journal = journal
+        self._boot = boot_id()
         self._outbox = Outbox(
             buffer_bytes=config.output_buffer_bytes,
             max_results=config.max_unacked_results,
@@ -144,6 +150,8 @@ class _Agent:
         while True:
             connected = False
             try:
+                self._handshake.open_command_ids = self._outbox.open_ids()
+                self._handshake.open_command_ids_complete = self._journal.complete
                 async with open_link(config, self._handshake, self._message_ids) as link:
                     connected = True
                     backoff.reset()
@@ -203,19 +211,49 @@ class _Agent:
         elif isinstance(payload, pb.BatchResultAck):
             if not self._outbox.acknowledge(payload.command_id):
                 logger.debug("command=%s ack for no held result", payload.command_id)
+            try:
+                self._journal.acknowledge(payload.command_id)
+            except OSError as error:
+                logger.warning("command=%s cannot journal its ack: %s", payload.command_id, error)
         else:
             # A newer server's payload (or a repeated handshake answer): not an error.
             logger.debug("ignoring a server message with payload %r", name or "unknown")
 
     async def run_one(self, spec: CommandSpec, control: CommandControl) -> None:
-        """Run one accepted command and put its result in the outbox.
+        """Run one accepted command and put its result in the journal and the outbox.
 
-        Cancellation (agent shutdown) stops its process group (see ``run_command``) and
-        propagates; no result is recorded then.
+        The command counts as running until its result is in the outbox (so a graceful stop
+        waits for it). Cancellation (agent shutdown) stops its process group (see
+        ``run_command``) and propagates; no result is recorded then.
         """
         command_id = spec.command_id
         try:
-            result = await run_command(
+            result = await self._execute(spec, control)
+            logger.info(
+                "command=%s finished: %s exit_code=%d %s",
+                command_id,
+                result.status.name,
+                result.exit_code,
+                result.error_message,
+            )
+            await self._finish(result)
+        finally:
+            del self._running[command_id]
+            self._command_ended.unpark_all()
+
+    async def _execute(self, spec: CommandSpec, control: CommandControl) -> pb.BatchCommandResult:
+        command_id = spec.command_id
+        try:
+            try:
+                await self._durably(self._journal.accept, command_id)
+            except OSError as error:
+                # Never run a command the journal does not know: after a crash it could run a
+                # second time.
+                raise _NotJournaled(
+                    f"cannot journal the command in {self._journal.directory}: "
+                    f"{error.strerror or error}; it was not started"
+                ) from None
+            return await run_command(
                 spec,
                 _CommandOutput(self._outbox, command_id),
                 control=control,
@@ -224,27 +262,77 @@ class _Agent:
                 drain_s=self._config.output_drain_s,
                 on_started=functools.partial(self._started, command_id),
             )
+        except _NotJournaled as error:
+            return pb.BatchCommandResult(
+                command_id=command_id,
+                status=pb.CommandStatus.FAILURE,
+                exit_code=COULD_NOT_START,
+                error_message=str(error),
+            )
         except Exception as error:
             # The command task is a boundary: report the agent's own failure as the result
             # instead of taking every other command down with it.
             logger.exception("command=%s failed inside the agent", command_id)
-            result = pb.BatchCommandResult(
+            return pb.BatchCommandResult(
                 command_id=command_id,
                 status=pb.CommandStatus.FAILURE,
                 exit_code=0,
                 error_message=f"internal agent error: {error!r}",
             )
+
+    def recover(self) -> None:
+        """Settle what the journal says a previous agent process left (at start)."""
+        state = self._journal.state
+        running = 0
+        for command_id, entry in list(state.open.items()):
+            self._outbox.open(command_id)
+            if entry.result is not None:
+                self._outbox.finish(entry.result.to_result(command_id))
+                continue
+            running += 1
+            self._running[command_id] = CommandControl()  # terminate: it is being stopped anyway
+            self._nursery.start_soon(
+                self.stop_left_over, command_id, entry.process, name=f"left-over {command_id}"
+            )
+        if state.open:
+            logger.info(
+                "vps=%d journal: %d command(s) were running when the agent stopped, %d "
+                "result(s) wait for the server's ack",
+                self._config.vps_id,
+                running,
+                len(state.open) - running,
+            )
+
+    async def stop_left_over(self, command_id: str, process: ProcessInfo | None) -> None:
+        """Stop a command the previous agent process ran and report it ``FAILURE``."""
+        try:
+            result = await settle_left_over(
+                command_id, process, boot=self._boot, grace_s=self._config.terminate_grace_s
+            )
+            await self._finish(result)
         finally:
             del self._running[command_id]
             self._command_ended.unpark_all()
-        logger.info(
-            "command=%s finished: %s exit_code=%d %s",
-            command_id,
-            result.status.name,
-            result.exit_code,
-            result.error_message,
-        )
+
+    async def _finish(self, result: pb.BatchCommandResult) -> None:
+        """Journal a final result (durably), then queue it for the server."""
+        try:
+            await self._durably(self._journal.finish, result.command_id, StoredResult.of(result))
+        except OSError as error:
+            logger.warning(
+                "command=%s cannot journal the result (it is lost if the agent restarts "
+                "before the server has it): %s",
+                result.command_id,
+                error,
+            )
         self._outbox.finish(result)
+
+    async def _durably(self, method: Callable[..., object], *args: object) -> None:
+        """Call a journal method that fsyncs: in a worker thread, unless it is memory-only."""
+        if self._journal.durable:
+            await trio.to_thread.run_sync(method, *args)
+        else:
+            method(*args)
 
     async def shutdown(self) -> None:
         """Stop gracefully: see ``stop`` in :func:`run_agent`. Bounded in time."""
@@ -269,6 +357,10 @@ class _Agent:
             self._ack(command_id, True, "duplicate request: the command was already accepted")
             self._outbox.resend_result(command_id)
             return
+        if self._journal.ran(command_id):
+            logger.warning("command=%s delivered again after it ran: not run twice", command_id)
+            self._ack(command_id, False, DUPLICATE)
+            return
         reason = self._rejection(command_id)
         if reason is not None:
             logger.info("command=%s rejected: %s", command_id, reason)
@@ -286,6 +378,8 @@ class _Agent:
     def _rejection(self, command_id: str) -> str | None:
         if not command_id:
             return "the request has no command id"
+        if len(command_id) > MAX_ID_CHARS or "\0" in command_id:
+            return f"invalid command id (more than {MAX_ID_CHARS} characters, or a NUL)"
         if self._shutting_down:
             return "the agent is shutting down"
         if self._config.no_exec:
@@ -322,6 +416,11 @@ class _Agent:
 
     def _started(self, command_id: str, pid: int) -> None:
         logger.info("command=%s started pid=%d", command_id, pid)
+        if self._journal.durable and (info := process_info(pid, self._boot)) is not None:
+            try:
+                self._journal.started(command_id, info)
+            except OSError as error:
+                logger.warning("command=%s cannot journal its process: %s", command_id, error)
         self._outbox.add_control(
             pb.MessageToServer(
                 batch_command_started=pb.BatchCommandStarted(
@@ -329,3 +428,11 @@ class _Agent:
                 )
             )
         )
+
+
+#: The answer to a command id this agent already ran and whose result the server acknowledged.
+DUPLICATE = "duplicate delivery: this command already ran on this agent; it is not run again"
+
+
+class _NotJournaled(Exception):
+    """The journal could not record a command, so it must not start."""

@@ -7,7 +7,8 @@ Conventions (documented for the server and operators):
   argument) or else by the configured shell. The file is never executed directly, so a
   ``noexec`` temporary directory does not matter.
 - stdin is ``/dev/null``; the process starts a new session, so it and everything it spawns form
-  one process group that can be signalled as a whole.
+  one process group that can be signalled as a whole. Its environment is the agent's plus
+  ``FLEET_COMMAND_ID=<id>`` (so a restarted agent can tell the command's processes apart).
 - ``exit_code`` is the main process's exit status; **killed by signal N → ``-N``** (Python's
   convention), e.g. -9 after SIGKILL. A command that could not start (missing working
   directory, interpreter not found) is ``FAILURE`` with exit code 127 and the reason.
@@ -40,6 +41,7 @@ import trio
 from fleet.proto import agent_service as pb
 
 from .config import MAX_CHUNK_BYTES
+from .orphans import COMMAND_ID_ENV
 from .outbox import unix_ms
 
 __all__ = [
@@ -143,6 +145,7 @@ async def run_command(
                 stderr=subprocess.PIPE,
                 cwd=cwd,
                 start_new_session=True,
+                env={**os.environ, COMMAND_ID_ENV: spec.command_id},
             )
         except OSError as error:
             where = f" in {cwd}" if cwd else ""

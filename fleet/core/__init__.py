@@ -35,6 +35,7 @@ from ._events import TerminateBatch as TerminateBatch
 from ._events import TerminateChild as TerminateChild
 from ._events import Tick as Tick
 from ._events import Unreachable as Unreachable
+from ._output import STREAMS as STREAMS
 from ._output import Accepted as Accepted
 from ._output import OutputSummary as OutputSummary
 from ._output import StreamCursor as StreamCursor
@@ -59,6 +60,7 @@ __all__ = [
     "MAX_COMMAND_BYTES",
     "MAX_TARGETS",
     "MAX_TIMEOUT_S",
+    "STREAMS",
     "Accepted",
     "Acked",
     "AgentLost",

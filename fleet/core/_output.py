@@ -13,8 +13,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Final
 
-__all__ = ["Accepted", "OutputSummary", "StreamCursor"]
+__all__ = ["STREAMS", "Accepted", "OutputSummary", "StreamCursor"]
+
+STREAMS: Final = ("stdout", "stderr")
+"""A command's two output streams, by the names the logs, the API and the feed give them."""
 
 
 @dataclass(frozen=True)

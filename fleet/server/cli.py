@@ -125,7 +125,8 @@ def _setup_logging(level: str, log_format: str) -> None:
 
 
 async def _main(config: ServerConfig) -> None:
-    from .rpc import open_loop
+    from fleet.wire import open_loop
+
     from .serve import serve
 
     async with open_loop():

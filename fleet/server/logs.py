@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from fleet.core import OutputSummary, StreamCursor
+from fleet.core import STREAMS, OutputSummary, StreamCursor
 
-__all__ = ["LogSink", "Written"]
+# STREAMS is fleet.core's, re-exported for fleet.server.batchrun.
+__all__ = ["STREAMS", "LogSink", "Written"]
 
 logger = logging.getLogger(__name__)
-
-STREAMS = ("stdout", "stderr")
 
 
 @dataclass(frozen=True)

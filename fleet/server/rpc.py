@@ -48,6 +48,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from h2.exceptions import StreamClosedError
 
 from fleet.proto import agent_service as pb
+from fleet.wire import METHOD_PATH, open_loop
 
 from .agents import AgentInfo, AgentRegistry, Credentials, PeerViolation, SessionClosed
 from .config import ServerConfig
@@ -73,17 +74,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-METHOD_PATH = "/agent_service.AgentCommunicationService/EstablishCommunicationStream"
 _WRITE_BATCH = 256
 #: The largest message accepted from an agent, and from a peer before its handshake succeeded.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_HANDSHAKE_BYTES = 64 * 1024
-
-
-def open_loop() -> Any:
-    """The asyncio loop that hosts grpclib inside trio: ``async with rpc.open_loop():`` once,
-    at the top of the trio run, around ``serve`` (and any in-process agents)."""
-    return trio_asyncio.open_loop()
 
 
 class AgentHooks(Protocol):

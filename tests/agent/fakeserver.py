@@ -21,9 +21,9 @@ from grpclib.exceptions import ProtocolError, StreamTerminatedError
 from grpclib.server import Server, Stream
 from h2.exceptions import H2Error
 
-from fleet.agent.link import METHOD_PATH
 from fleet.core import StreamCursor
 from fleet.proto import agent_service as pb
+from fleet.wire import METHOD_PATH
 
 ServerStream = Stream[pb.MessageToServer, pb.MessageToAgent]
 

@@ -219,6 +219,7 @@ async def _agent_process(
         FLEET_AGENT_VPS_ID="1",
         FLEET_AGENT_SECRET_FILE=str(secret),
         FLEET_AGENT_TERMINATE_GRACE="0.5",
+        FLEET_AGENT_STATE_DIR=str(secret.parent / "agent-state"),
     )
     await trio.run_process(
         [sys.executable, "-m", "fleet.agent", "--log-level", "debug"],

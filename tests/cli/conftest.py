@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from fleet.cli import main
+from fleet.cli.main import main
 
 READY = re.compile(r"^Fleet is ready with 3 demo agents: (http://[^/\s]+)/\?token=(\S+)$")
 START_TIMEOUT_S = 60

@@ -5,9 +5,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from fleet import __version__ as fleet_version
+from fleet.cli.console import secret_file
 
 from .conftest import FleetRunner, Server
+
+
+@pytest.mark.parametrize(
+    ("command", "path"),
+    [
+        ("fleet-agent --server h:1 --vps-id 3 --secret-file /srv/a b/s --tls", "/srv/a"),
+        ("fleet-agent --server h:1 --vps-id 3 --secret-file '/srv/a b/s' --tls", "/srv/a b/s"),
+        ("fleet-agent --server h:1 --secret-file=/x/secret", "/x/secret"),
+        ("fleet-agent --server h:1 --secret s3cret", "/etc/fleet-agent/secret"),
+        ("fleet-agent --secret-file", "/etc/fleet-agent/secret"),
+        ("fleet-agent 'unbalanced", "/etc/fleet-agent/secret"),
+    ],
+)
+def test_the_install_line_writes_where_the_agent_reads(command: str, path: str) -> None:
+    assert secret_file(command) == path
 
 
 def test_vps_add_list_rotate_rm(fleet: FleetRunner, server: Server) -> None:
@@ -21,10 +39,12 @@ def test_vps_add_list_rotate_rm(fleet: FleetRunner, server: Server) -> None:
     assert len(secret) > 20
     assert lines[3] == f"  python3 -m pip install 'fleet-run=={fleet_version}'"
     assert secret in lines[4]  # stored in a root-only file…
-    assert lines[4].endswith(" /etc/fleet-agent/secret")
+    written = lines[4].rsplit(" ", 1)[1]
+    assert written == "/etc/fleet-agent/secret"  # the README's path
+    assert "sudo install -d -m 0700 /etc/fleet-agent " in lines[4]
     assert "fleet-agent --server " in lines[5]
     assert f"--vps-id {vps['id']}" in lines[5]
-    assert "--secret-file /etc/fleet-agent/secret" in lines[5]  # …which the agent reads
+    assert f"--secret-file {written}" in lines[5]  # …which the agent reads
 
     listed = fleet("vps", "list")
     assert listed.code == 0

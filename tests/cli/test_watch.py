@@ -11,8 +11,8 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest, serve_websocket
 
-from fleet.client import ApiError, FleetClient, TokenRefused
-from fleet.watch import BatchWatch, Chunk, Ended, Gap, follow
+from fleet.cli.client import ApiError, FleetClient, TokenRefused
+from fleet.cli.watch import BatchWatch, Chunk, Ended, Gap, follow
 
 BATCH = "b-1"
 

@@ -115,5 +115,7 @@ async def start_agent(
             "1",
             "--log-level",
             "WARNING",
+            "--state-dir",
+            str(tmp_path / f"agent-{vps['id']}.state"),
         ],
     )

@@ -16,7 +16,7 @@ from quart import Response, request, send_file, websocket
 from quart_trio import QuartTrio
 
 from fleet import core
-from fleet.server.logs import STREAMS
+from fleet.core import STREAMS
 from fleet.server.store import BatchRecord, Store
 from fleet.server.views import batch_summary_view, batch_view, from_ts
 

@@ -4,9 +4,10 @@ It ships in the light base install, so it uses trio and the standard library onl
 imports ``fleet.server``. ``FleetClient`` makes REST calls with ``http.client`` in worker threads
 (``trio.to_thread.run_sync``), keeping a few idle keep-alive connections. It reads each body by
 its Content-Length, because Hypercorn's trio worker ignores ``Connection: close``. The live feed
-is ``fleet.watch``.
+is ``fleet.cli.watch``.
 
-Errors form one small tree. Each has a one-line ``str()`` and the CLI exit code it maps to::
+Errors form one small tree. Each has a one-line ``str()`` and the CLI exit code it maps to (the
+``EXIT_*`` codes below are every code ``fleet`` exits with)::
 
     ClientError (3)
      ├─ Unreachable (3)     the server cannot be reached, or the feed was lost for good
@@ -29,7 +30,11 @@ from typing import Any
 import trio
 
 __all__ = [
-    "STREAMS",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_SERVER",
+    "EXIT_USAGE",
     "ApiError",
     "BadResponse",
     "ClientError",
@@ -43,7 +48,11 @@ __all__ = [
     "select_targets",
 ]
 
-STREAMS = ("stdout", "stderr")
+EXIT_OK = 0
+EXIT_FAILED = 1  # fleet run: at least one VPS did not succeed
+EXIT_USAGE = 2  # bad flags or settings, or a request the server refused as invalid (4xx)
+EXIT_SERVER = 3  # cannot reach the server, token refused, or a server error
+EXIT_INTERRUPTED = 130
 
 #: An idle keep-alive connection older than this is closed rather than reused: Hypercorn drops
 #: idle connections after 5 s, and a request sent on a dropped one fails.
@@ -53,7 +62,7 @@ IDLE_REUSE_S = 2.0
 class ClientError(Exception):
     """Anything that stops a CLI command; ``str()`` is one line, ``exit_code`` its exit code."""
 
-    exit_code = 3
+    exit_code = EXIT_SERVER
 
 
 class Unreachable(ClientError):
@@ -70,7 +79,7 @@ class TokenRefused(ClientError):
 class UsageError(ClientError):
     """The request cannot be made as asked: bad settings, an unknown name, no target (exit 2)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class BadResponse(ClientError):
@@ -89,14 +98,7 @@ class ApiError(ClientError):
 
     @property
     def exit_code(self) -> int:  # type: ignore[override]
-        return 2 if 400 <= self.status < 500 else 3
-
-    @property
-    def reasons(self) -> list[str]:
-        """Each problem the server listed (``field: reason``), or the one detail."""
-        if isinstance(self.detail, list):
-            return [_reason(item) for item in self.detail]
-        return [str(self)]
+        return EXIT_USAGE if 400 <= self.status < 500 else EXIT_SERVER
 
 
 def _reason(item: Any) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import shlex
 import sys
@@ -17,7 +18,8 @@ from typing import Any, TextIO
 
 import trio
 
-from .client import STREAMS
+from fleet.core import STREAMS, BatchStatus, ChildStatus
+
 from .watch import BatchWatch, Chunk, Ended, Gap, WatchedChild
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "print_json",
     "print_outcome",
     "scripts_table",
+    "secret_file",
     "summary_table",
     "table",
     "use_colour",
@@ -121,13 +124,16 @@ def ago(text: str | None) -> str:
     return "just now"  # pragma: no cover - a clock ahead of the server's
 
 
-_GOOD = ("SUCCESS", "COMPLETED_SUCCESSFULLY")
-_BAD = (
-    "FAILURE",
-    "AGENT_UNREACHABLE",
-    "AGENT_REJECTED",
-    "COMPLETED_WITH_ERRORS",
-    "FAILED_TO_START",
+_GOOD = frozenset(s.value for s in (ChildStatus.SUCCESS, BatchStatus.COMPLETED_SUCCESSFULLY))
+_BAD = frozenset(
+    s.value
+    for s in (
+        ChildStatus.FAILURE,
+        ChildStatus.AGENT_UNREACHABLE,
+        ChildStatus.AGENT_REJECTED,
+        BatchStatus.COMPLETED_WITH_ERRORS,
+        BatchStatus.FAILED_TO_START,
+    )
 )
 
 
@@ -278,14 +284,36 @@ def print_outcome(final: dict[str, Any], watch: BatchWatch, err: TextIO) -> None
 # --- fleet vps / scripts / batches ----------------------------------------------------------
 
 
+DEFAULT_SECRET_FILE = "/etc/fleet-agent/secret"
+"""Where the README (and the server's ``agent_command``) keep an agent's secret."""
+
+
+def secret_file(agent_command: str) -> str:
+    """The ``--secret-file`` of the server's agent command line (else the README's path)."""
+    try:
+        words = shlex.split(agent_command)
+    except ValueError:
+        return DEFAULT_SECRET_FILE
+    for index, word in enumerate(words):
+        if word == "--secret-file" and index + 1 < len(words):
+            return words[index + 1]
+        if word.startswith("--secret-file="):
+            return word.partition("=")[2]
+    return DEFAULT_SECRET_FILE
+
+
 def print_agent_setup(secret: str, agent_command: str, agent_install: str | None = None) -> None:
+    """The secret; how to install the agent, store the secret where the agent command reads it,
+    and start it."""
+    path = secret_file(agent_command)
+    folder = posixpath.dirname(path) or "."
     print(f"Agent secret (shown only this once): {secret}")
     print("On the VPS, install the agent, store the secret in a root-only file, start the agent:")
     if agent_install:
         print(f"  {agent_install}")
     print(
-        "  sudo install -d -m 700 /etc/fleet-agent && printf '%s\\n' "
-        f"{shlex.quote(secret)} | sudo install -m 600 /dev/stdin /etc/fleet-agent/secret"
+        f"  sudo install -d -m 0700 {shlex.quote(folder)} && printf '%s\\n' "
+        f"{shlex.quote(secret)} | sudo install -m 0600 /dev/stdin {shlex.quote(path)}"
     )
     print(f"  {agent_command}")
 

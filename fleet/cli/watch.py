@@ -6,7 +6,7 @@
 * ``follow`` connects it to the WebSocket (trio-websocket) and reconnects when the server drops a
   slow client (close code 1013) or the connection breaks.
 
-Like ``fleet.client``, it never imports ``fleet.server``.
+Like ``fleet.cli.client``, it never imports ``fleet.server``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from fleet.core import STREAMS, BatchStatus, ChildStatus
+
 from .client import (
-    STREAMS,
     ApiError,
     BadResponse,
     FleetClient,
@@ -48,12 +49,10 @@ __all__ = [
     "follow",
 ]
 
-FINAL_BATCH = frozenset(
-    {"COMPLETED_SUCCESSFULLY", "COMPLETED_WITH_ERRORS", "TERMINATED", "FAILED_TO_START"}
-)
-TERMINAL_CHILD = frozenset(
-    {"SUCCESS", "FAILURE", "TERMINATED", "AGENT_UNREACHABLE", "AGENT_REJECTED"}
-)
+#: The batch statuses after which nothing changes (the feed's statuses are plain strings).
+FINAL_BATCH = frozenset(status.value for status in BatchStatus if status.is_terminal)
+#: The task statuses after which a task's output is complete.
+TERMINAL_CHILD = frozenset(status.value for status in ChildStatus if status.is_terminal)
 #: The feed gives up after this many consecutive failed (re)connections.
 FEED_ATTEMPTS = 6
 CLOSE_TRY_AGAIN = 1013  # the server dropped us for falling behind: reconnect at once
@@ -140,7 +139,6 @@ class BatchWatch:
         self.output = output
         self.status: str | None = None
         self.children: dict[str, WatchedChild] = {}
-        self.snapshots = 0
 
     @property
     def final(self) -> bool:
@@ -152,7 +150,7 @@ class BatchWatch:
         for child in self.children.values():
             if child.terminal:
                 done += 1
-                failed += child.status != "SUCCESS"
+                failed += child.status != ChildStatus.SUCCESS
         return done, failed, len(self.children) - done
 
     def on_message(self, message: dict[str, Any]) -> list[Item]:
@@ -174,7 +172,6 @@ class BatchWatch:
 
     def on_snapshot(self, batch: dict[str, Any]) -> list[Item]:
         """Start over from the batch's full state (also fine with a final ``GET`` body)."""
-        self.snapshots += 1
         self.status = str(batch.get("overall_status", self.status))
         items: list[Item] = []
         for task in batch.get("tasks", []):
