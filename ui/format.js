@@ -12,6 +12,7 @@ export const CHILD_STATUS = {
   TERMINATED: { label: "Terminated", group: "terminated", terminal: true },
   AGENT_UNREACHABLE: { label: "Unreachable", group: "unreachable", terminal: true },
   AGENT_REJECTED: { label: "Rejected", group: "unreachable", terminal: true },
+  SKIPPED: { label: "Skipped", group: "terminated", terminal: true },
 };
 
 export const BATCH_STATUS = {

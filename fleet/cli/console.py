@@ -151,6 +151,19 @@ def paint_status(status: str, enabled: bool) -> str:
     return colour(status, code, enabled)
 
 
+def _error_line(child: WatchedChild) -> str:
+    """The first line of the child's error, and what its agent reported after the server
+    ended it (its status stays)."""
+    text = child.error_message.splitlines()[0] if child.error_message else ""
+    reported = child.agent_reported
+    if reported:
+        late = f"agent later reported {reported.get('status')}"
+        if reported.get("exit_code") is not None:
+            late += f" (exit {reported['exit_code']})"
+        text = f"{text}; {late}" if text else late
+    return text
+
+
 def summary_table(children: Iterable[WatchedChild], *, paint: bool) -> str:
     rows = []
     for child in children:
@@ -160,7 +173,7 @@ def summary_table(children: Iterable[WatchedChild], *, paint: bool) -> str:
                 paint_status(child.status, paint),
                 "-" if child.exit_code is None else str(child.exit_code),
                 duration(child.started_at, child.completed_at),
-                (child.error_message or "").splitlines()[0] if child.error_message else "",
+                _error_line(child),
             ]
         )
     return table(["VPS", "STATUS", "EXIT", "TIME", "ERROR"], rows)

@@ -98,6 +98,8 @@ class WatchedChild:
     status: str = "PENDING"
     exit_code: int | None = None
     error_message: str | None = None
+    #: ``{status, exit_code, at}``: what the agent reported after the server ended the child.
+    agent_reported: dict[str, Any] | None = None
     started_at: str | None = None
     completed_at: str | None = None
     ended: bool = False
@@ -116,6 +118,7 @@ class WatchedChild:
         self.status = str(fields.get("status", self.status))
         self.exit_code = fields.get("exit_code", self.exit_code)
         self.error_message = fields.get("error_message", self.error_message)
+        self.agent_reported = fields.get("agent_reported", self.agent_reported)
         self.started_at = fields.get("agent_started_at", self.started_at)
         self.completed_at = fields.get("agent_completed_at", self.completed_at)
 

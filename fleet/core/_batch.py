@@ -91,7 +91,9 @@ class BatchTimers:
 
 #: Statuses only a child whose command reached its agent can have (even when a restored child
 #: has no ``sent_at``).
-_REACHED = frozenset({S.AGENT_ACCEPTED, S.EXECUTING, S.SUCCESS, S.FAILURE, S.AGENT_REJECTED})
+_REACHED = frozenset(
+    {S.AGENT_ACCEPTED, S.EXECUTING, S.SUCCESS, S.FAILURE, S.TERMINATED, S.AGENT_REJECTED}
+)
 #: A live child that its agent does not list was accepted there before: the agent lost it.
 _FORGOTTEN = (
     "the agent came back without this command (its state was lost); "
@@ -209,6 +211,9 @@ class Batch:
             elif task.sent_at is None:
                 task.sent_at = now
             self._child_event(AgentLost(task.child_id), now, effects)
+            if user_terminated and task.status is not S.TERMINATING:
+                # Stored before its children were: they are terminated now, as the user asked.
+                self._child_event(TerminateChild(task.child_id, by_batch=True), now, effects)
         self._settle(now, effects)
         return effects
 

@@ -142,6 +142,8 @@ class ChildTask:
         are resumed by ``Batch.resume`` (their agent is treated as lost at that moment)."""
         task = cls(child_id, vps_id, vps_name, status, exit_code, error_message)
         task.agent_reported = agent_reported
+        # Only the server decides AGENT_UNREACHABLE: a late result is still kept beside it.
+        task.ended_by_server = status is S.AGENT_UNREACHABLE
         if status is S.TERMINATING:
             task.terminate_requested_at = None  # counted again from the resume
         return task

@@ -7,12 +7,14 @@ reuses the current one, so a test reads as a timeline::
     h.start()
     h.send(Dispatched("c1"), at=1, expect=[ChildChanged("c1"), BatchChanged()])
     h.illegal(Dispatched("c1"))          # raises InvalidTransition, changes nothing
+    h.lose(1, at=5)                        # VPS 1's agent disconnected
+    h.connect(1, ["c1"], at=6, expect=[ChildChanged("c1")])   # ...and came back listing c1
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import pytest
@@ -29,6 +31,7 @@ from fleet.core import (
     InvalidTransition,
     SendCommand,
     Started,
+    Tick,
 )
 
 __all__ = ["BatchHarness", "snapshot", "tasks"]
@@ -95,6 +98,38 @@ class BatchHarness:
             assert effects == list(expect)
         return effects
 
+    def connect(
+        self,
+        vps_id: int,
+        open_ids: Collection[str] | None,
+        *,
+        at: float | None = None,
+        expect: Sequence[Effect] | None = None,
+    ) -> list[Effect]:
+        """``vps_id``'s agent (re)connected, listing ``open_ids`` (``None``: a legacy peer)."""
+        effects = self.batch.agent_connected(vps_id, open_ids, now=self._at(at))
+        if expect is not None:
+            assert effects == list(expect)
+        return effects
+
+    def lose(
+        self,
+        vps_id: int,
+        *,
+        at: float | None = None,
+        expect: Sequence[Effect] | None = None,
+    ) -> list[Effect]:
+        """``vps_id``'s agent disconnected."""
+        effects = self.batch.agent_lost(vps_id, now=self._at(at))
+        if expect is not None:
+            assert effects == list(expect)
+        return effects
+
+    def tick(
+        self, *, at: float | None = None, expect: Sequence[Effect] | None = None
+    ) -> list[Effect]:
+        return self.send(Tick(), at=at, expect=expect)
+
     def send_all(self, events: Iterable[Event], *, at: float | None = None) -> list[Effect]:
         out: list[Effect] = []
         for event in events:
@@ -118,5 +153,5 @@ class BatchHarness:
     def run(self, *child_ids: str, at: float | None = None) -> None:
         """Bring children from ``PENDING`` to ``EXECUTING`` (sent, accepted, started)."""
         for cid in child_ids:
-            self.send_all([Dispatched(cid), Acked(cid, accepted=True), Started(cid, pid=7)], at=at)
+            self.send_all([Dispatched(cid), Acked(cid), Started(cid, pid=7)], at=at)
             assert self.status(cid) is ChildStatus.EXECUTING

@@ -223,7 +223,7 @@ export class TaskPanel {
   applyStatus(fields) {
     const before = this.group;
     const wasTerminal = isTerminalChild(this.task.status);
-    for (const key of ["status", "exit_code", "error_message", "updated_at", "agent_started_at", "agent_completed_at", "stdout_bytes", "stderr_bytes", "truncated"]) {
+    for (const key of ["status", "exit_code", "error_message", "updated_at", "agent_started_at", "agent_completed_at", "stdout_bytes", "stderr_bytes", "truncated", "agent_reported"]) {
       if (!(key in fields)) continue;
       // A terminal status never changes again: a late non-terminal update is stale.
       if (key === "status" && wasTerminal && !isTerminalChild(fields.status)) continue;
@@ -337,7 +337,8 @@ export class TaskPanel {
     e.terminate.disabled = terminal || this.terminating;
     e.terminate.hidden = Boolean(info.terminal);
     setText(e.terminate, this.terminating && !terminal ? "Terminating…" : "Terminate");
-    const preview = this.expanded ? "" : (t.error_message && info.terminal && info.group !== "succeeded" ? t.error_message : this.preview || "");
+    const problem = errorText(t);
+    const preview = this.expanded ? "" : (problem && info.terminal && info.group !== "succeeded" ? problem : this.preview || "");
     setText(e.preview, preview);
     e.preview.classList.toggle("is-stderr", !this.expanded && this.previewStream === "stderr");
     this.dirtyHead = false;
@@ -352,8 +353,8 @@ export class TaskPanel {
     // output (a fast stream) is refreshed a few times a second instead of every frame.
     const wait = this.lastSync + this.syncDelay() - performance.now();
     if (this.dirtyBody && this.dom && this.dom.epoch === this.epoch && wait > 0) return DEFERRED;
-    e.error.hidden = !t.error_message;
-    setText(e.error, t.error_message || "");
+    e.error.hidden = !errorText(t);
+    setText(e.error, errorText(t));
     const note = [this.trimmed ? "Earlier output was trimmed to keep the page fast: download the full log above." : null, this.note]
       .filter(Boolean).join(" ");
     e.note.hidden = !note;
@@ -399,4 +400,13 @@ export class TaskPanel {
   scrollToEnd() {
     if (this.els.output) this.els.output.scrollTop = this.els.output.scrollHeight;
   }
+}
+
+/** The task's error, and what its agent reported after the server had ended it. */
+function errorText(t) {
+  const late = t.agent_reported;
+  if (!late) return t.error_message || "";
+  const exit = late.exit_code === null || late.exit_code === undefined ? "" : ` (exit ${late.exit_code})`;
+  const note = `The agent reported ${late.status}${exit} later; the status stays.`;
+  return t.error_message ? `${t.error_message} — ${note}` : note;
 }
