@@ -47,8 +47,8 @@ from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from fleet.proto import agent_service as pb
-from fleet.wire import METHOD_PATH, open_loop
 from fleet.wellformed import problem
+from fleet.wire import METHOD_PATH, open_loop
 
 from .config import AgentConfig
 

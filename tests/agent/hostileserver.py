@@ -19,8 +19,8 @@ import trio_asyncio
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.server import Server
 
-from fleet.agent.link import METHOD_PATH
 from fleet.proto import agent_service as pb
+from fleet.wire import METHOD_PATH
 
 
 def frame(payload: bytes, *, declared: int | None = None) -> bytes:
