@@ -32,6 +32,8 @@ class Script:
     data: bytes = b""
     flood: int = 0
     end: bool = True  # send OK trailers after the data
+    #: Wait for this event (set it from trio: a synchronous call) before writing anything.
+    hold: asyncio.Event | None = None
 
 
 @dataclass
@@ -89,6 +91,8 @@ class HostileServer:
         ack = pb.ServerHandshakeAck(authentication_successful=True)
         await stream.send_message(pb.MessageToAgent(server_handshake_ack=ack))
         data = stream._stream  # grpclib's protocol stream: raw DATA frames
+        if script.hold is not None:
+            await script.hold.wait()
         try:
             await data.send_data(script.data)
             block = bytes(64 * 1024)
