@@ -20,8 +20,10 @@ PROTO_SOURCES = ["batch_command.proto", "handshake.proto", "messages.proto", "se
 #: What installs and runs on Python 3.10 (Ubuntu 22.04): the agent, the `fleet` CLI and what
 #: they import (mypy follows the imports from these modules and packages).
 COMPAT_310_MYPY = ["-p", "fleet.agent", "-p", "fleet.core", "-m", "fleet", "-p", "fleet.cli",
-                   "-m", "fleet.__main__", "-m", "fleet.logformat", "-m", "fleet.wire"]  # fmt: skip
+                   "-m", "fleet.__main__", "-m", "fleet.logformat", "-m", "fleet.wire",
+                   "-m", "fleet.wellformed"]  # fmt: skip
 COMPAT_310_RUFF = ["fleet/__init__.py", "fleet/__main__.py", "fleet/logformat.py",
+                   "fleet/wellformed.py",
                    "fleet/server/__init__.py", "fleet/agent", "fleet/core",
                    "fleet/cli", "fleet/wire.py"]  # fmt: skip
 #: The tests that run on Python 3.10 (they import neither the server nor its dependencies).

@@ -23,8 +23,8 @@ from grpclib.stream import recv_message
 from h2.exceptions import H2Error
 
 from fleet.proto import agent_service as pb
+from fleet.wire import METHOD_PATH
 
-METHOD = "/agent_service.AgentCommunicationService/EstablishCommunicationStream"
 _GONE = (StreamTerminatedError, GRPCError, ProtocolError, H2Error, ConnectionError, AssertionError)
 
 
@@ -63,7 +63,10 @@ class RawPeer:
     async def _open(self) -> None:
         self._channel = grpclib.client.Channel(self._host, self._port)
         self._stream = self._channel.request(
-            METHOD, grpclib.const.Cardinality.STREAM_STREAM, pb.MessageToServer, pb.MessageToAgent
+            METHOD_PATH,
+            grpclib.const.Cardinality.STREAM_STREAM,
+            pb.MessageToServer,
+            pb.MessageToAgent,
         )
         await self._stream.__aenter__()
         await self._stream.send_request()

@@ -18,6 +18,11 @@ rarely (STACK-NOTES "Bridging trio and grpclib")::
 asyncio code here only calls trio's synchronous APIs (``send_nowait``, ``Event.set``); it never
 awaits a trio object.
 
+Every message from the server is read by ``_receive``: at most ``MAX_MESSAGE_BYTES`` (checked on
+the gRPC length prefix before the body is read, so a hostile server cannot make the agent buffer
+what it declares), decoded, and checked against the schema (``fleet.wellformed``); anything else
+ends the link with a :class:`LinkError`.
+
 Every outgoing message is stamped here with ``vps_db_id``, ``agent_secret`` and an increasing
 ``client_message_id`` (the counter is the caller's, so ids keep increasing across reconnects).
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import struct
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -41,11 +47,13 @@ from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from fleet.proto import agent_service as pb
+from fleet.wellformed import problem
 from fleet.wire import METHOD_PATH, open_loop
 
 from .config import AgentConfig
 
 __all__ = [
+    "MAX_MESSAGE_BYTES",
     "METHOD_PATH",
     "HandshakeRefused",
     "Link",
@@ -61,6 +69,8 @@ OUTGOING_CAPACITY = 32
 MAX_BATCH = 64
 #: Messages received but not yet taken by ``receive()``; overflowing it drops the link.
 INCOMING_CAPACITY = 4096
+#: The largest message accepted from the server (SPEC §7).
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 # What a broken or refused connection raises out of grpclib / the socket layer.
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
@@ -226,6 +236,7 @@ class Link:
             async with stream:
                 await stream.send_message(handshake)
                 self.messages_sent += 1
+                await stream.recv_initial_metadata()  # _receive reads messages only
                 first = await _receive(stream)
                 if first is None:
                     raise LinkError("the server closed the stream without answering the handshake")
@@ -333,10 +344,44 @@ def _link_error(error: BaseException) -> LinkError:
 async def _receive(
     stream: Stream[pb.MessageToServer, pb.MessageToAgent],
 ) -> pb.MessageToAgent | None:
+    """The next message from the server (None: it ended its side), at most MAX_MESSAGE_BYTES.
+
+    ``grpclib``'s ``recv_message`` reads whatever length the 5-byte gRPC prefix declares (its
+    ``Buffer.read`` acknowledges flow control chunk by chunk), so the limit is checked here on
+    the prefix before the body is read; what the server sent meanwhile stays in the HTTP/2
+    stream window and goes with the stream. Reads grpclib's protocol stream and its wrapper
+    (``Stream._stream``, ``Stream._wrapper``, which wakes this read if the connection dies):
+    grpclib has no public way to read a prefix (``tests/agent/test_link_limits.py`` fails if
+    an upgrade moves them). Call ``recv_initial_metadata()`` once before the first read.
+
+    Raises:
+        LinkError: over the limit, compressed, cut off, undecodable or malformed.
+    """
+    with stream._wrapper:
+        data = stream._stream
+        try:
+            prefix = await data.recv_data(5)
+            if not prefix:
+                return None
+            compressed, length = struct.unpack(">BI", prefix)
+            if compressed:
+                raise LinkError("the server sent a compressed message (not supported)")
+            if length > MAX_MESSAGE_BYTES:
+                raise LinkError(
+                    f"the server sent a message of {length} bytes, over the limit of "
+                    f"{MAX_MESSAGE_BYTES} (RESOURCE_EXHAUSTED)"
+                )
+            body = await data.recv_data(length)
+        except AssertionError as error:  # grpclib's Buffer.read: the stream ended mid-message
+            raise LinkError("the server's stream ended inside a message") from error
     try:
-        return await stream.recv_message()
-    except ValueError as error:
+        message = pb.MessageToAgent.FromString(body)
+    except Exception as error:  # betterproto2 raises several types on garbage
         raise LinkError("the server sent a message that does not decode") from error
+    found = problem(message)
+    if found is not None:
+        raise LinkError(f"the server sent a malformed message ({found})")
+    return message
 
 
 def _grpc_configuration(config: AgentConfig) -> Configuration:
