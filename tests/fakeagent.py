@@ -78,19 +78,20 @@ class FakeAgent:
         await trio_asyncio.aio_as_trio(self._close)()
 
     async def _close(self) -> None:
-        if self._stream is not None:
-            try:
+        try:
+            if self._stream is not None:
                 await self._stream.__aexit__(None, None, None)
-            except (
-                StreamTerminatedError,
-                GRPCError,
-                ProtocolError,
-                asyncio.CancelledError,
-                ConnectionError,
-            ):
-                pass
-        if self._channel is not None:
-            self._channel.close()
+        except (
+            StreamTerminatedError,
+            GRPCError,
+            ProtocolError,
+            asyncio.CancelledError,
+            ConnectionError,
+        ):
+            pass
+        finally:
+            if self._channel is not None:
+                self._channel.close()  # always: a leaked channel complains at its collection
 
     # --- message builders --------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import trio_asyncio
 
 from fleet.agent.config import AgentConfig
 from fleet.agent.run import run_agent
+from tests.integration.conftest import tolerate_collected_channels
 
 from .fakeserver import FakeServer
 
@@ -19,6 +20,7 @@ from .fakeserver import FakeServer
 async def aio_loop() -> AsyncIterator[Any]:
     """The trio-asyncio loop every grpclib-using fixture depends on."""
     async with trio_asyncio.open_loop() as loop:
+        loop.set_exception_handler(tolerate_collected_channels)
         yield loop
 
 
