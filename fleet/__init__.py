@@ -14,7 +14,7 @@ direction only; no import cycles):
 3. ``fleet.server.config``, ``fleet.server.agents``, ``fleet.server.records`` (plain records),
    ``fleet.server.store`` (Pony, by noun), ``fleet.server.dbthread``, ``fleet.server.logs``,
    ``fleet.server.http.feed`` (the publish/subscribe hub), ``fleet.server.http.openapi``,
-   ``fleet.server.reports`` (what an agent may report)
+   ``fleet.server.reports`` (what an agent may report), ``fleet.server.metrics`` (Prometheus)
 4. ``fleet.server.views`` (JSON shapes), ``fleet.server.writeback``,
    ``fleet.server.handshakes`` (agent handshakes, refusals rate-limited)
 5. ``fleet.server.batchrun``

@@ -69,6 +69,7 @@ LAYERS: list[list[str]] = [
         "fleet.server.http.feed",
         "fleet.server.http.openapi",
         "fleet.server.reports",
+        "fleet.server.metrics",
     ],
     ["fleet.server.views", "fleet.server.writeback", "fleet.server.handshakes"],
     ["fleet.server.batchrun"],

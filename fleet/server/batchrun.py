@@ -25,6 +25,7 @@ from fleet.proto import agent_service as pb
 
 from .agents import AgentRegistry, AgentSession, SessionClosed
 from .logs import STREAMS, LogSink
+from .metrics import ServerMetrics
 from .store import BatchRecord, BatchUpdate, ChildRecord, ChildUpdate
 from .views import batch_view, child_update_event, from_ts, iso
 from .writeback import WriteBack
@@ -84,6 +85,7 @@ class BatchHost(Protocol):
     settings: RunSettings
     cleanups: set[trio.CancelScope]
     stopping: bool
+    metrics: ServerMetrics
 
     def batch_finished(self, run: BatchRun) -> None: ...
 
@@ -344,6 +346,7 @@ class BatchRun:
                 out.stream_type,
             )
             return
+        self._sup.metrics.output_received(stream, len(out.chunk))
         task = self.batch.children[out.command_id]
         if task.is_terminal:
             return  # a re-sent chunk after the end: the log is complete

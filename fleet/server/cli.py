@@ -39,6 +39,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "log_level": ("FLEET_LOG_LEVEL", str),
     "log_format": ("FLEET_LOG_FORMAT", str),
     "demo": ("FLEET_DEMO", int),
+    "metrics": ("FLEET_METRICS", str),
 }
 
 
@@ -91,6 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--demo", type=int, metavar="N", help="also run N local agents (demo-1..N) to try Fleet"
     )
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT: 127.0.0.1; off)",
+    )
     p.add_argument("--version", action="version", version=f"fleet {fleet.__version__}")
     return p
 
@@ -135,6 +141,8 @@ async def _main(config: ServerConfig) -> None:
             what = f" with {config.demo} demo agents" if config.demo else ""
             print(f"Fleet is ready{what}: {endpoints.login_url}", flush=True)
             print(f"Agents connect to {endpoints.grpc_address}", flush=True)
+            if endpoints.metrics_url:
+                print(f"Metrics at {endpoints.metrics_url}", flush=True)
             if config.demo:
                 print(f"Demo data directory: {config.data_dir}", flush=True)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -8,6 +8,7 @@ Task tree::
      ├─ Supervisor.run                     the batch nursery: one nursery per batch
      ├─ rpc.serve                          the asyncio island (grpclib) for agent streams
      ├─ hypercorn.trio.serve               Quart-Trio: REST, feed, UI
+     ├─ metrics.serve_metrics              with --metrics: Prometheus endpoint (Hypercorn)
      └─ demo.run_agents                    with --demo N: N real agents in this process
 """
 
@@ -29,10 +30,12 @@ from . import rpc
 from .agents import AgentRegistry, Credentials, hash_secret, new_secret
 from .config import ServerConfig
 from .dbthread import DbThread, open_db_thread
+from .handshakes import RefusedHandshakes
 from .http import routes_vps
 from .http.app import create_app
 from .http.common import Services
 from .http.feed import FeedHub
+from .metrics import LiveState, ServerMetrics, serve_metrics
 from .store import Store
 from .supervisor import Supervisor
 from .writeback import WriteBack
@@ -51,6 +54,8 @@ class Endpoints:
     grpc_port: int
     token: str | None
     services: Services
+    #: ``http://HOST:PORT/metrics`` when ``--metrics`` is on.
+    metrics_url: str | None = None
 
     @property
     def login_url(self) -> str:
@@ -104,12 +109,18 @@ async def serve(
     await trio.Path(data_dir / "logs").mkdir(parents=True, exist_ok=True)
     for warning in config.public_listeners() if not config.tls else []:
         logger.warning("listening %s without TLS: use --tls-cert/--tls-key", warning)
+    if config.public_metrics:
+        logger.warning(
+            "metrics on %s: anyone who can reach it reads them (no authentication, no TLS)",
+            config.metrics,
+        )
+    metrics = ServerMetrics()
     async with open_db_thread(config.db_url, data_dir) as db:
         token = await _admin_token(db, data_dir)
         credentials = Credentials(await db.run(Store.vps_secret_hashes))
         registry = AgentRegistry()
         hub = FeedHub()
-        writeback = WriteBack(db, interval_s=config.flush_interval_s)
+        writeback = WriteBack(db, interval_s=config.flush_interval_s, metrics=metrics)
         supervisor = Supervisor(
             registry,
             writeback,
@@ -122,6 +133,20 @@ async def serve(
                 result_slack_s=config.result_slack_s,
             ),
             feed=hub,
+            metrics=metrics,
+        )
+        refusals = RefusedHandshakes()
+        metrics.watch(
+            LiveState(
+                agents_online=registry.online_count,
+                batches=lambda: (run.batch for run in supervisor.running()),
+                feed_subscribers=hub.subscriber_count,
+                store_queued=lambda: db.statistics().queued,
+                handshakes_refused=lambda: (
+                    refusals.refused_total + refusals.limited,
+                    refusals.limited,
+                ),
+            )
         )
         services = Services(
             config=config,
@@ -137,10 +162,19 @@ async def serve(
             await nursery.start(writeback.run)
             await nursery.start(supervisor.run)
             await _resume(db, supervisor)
-            grpc_port = await nursery.start(rpc.serve, config, credentials, registry, supervisor)
+            grpc_port = await nursery.start(
+                functools.partial(rpc.serve, refusals=refusals),
+                config,
+                credentials,
+                registry,
+                supervisor,
+            )
             grpc_host, _ = config.grpc_endpoint
             services.grpc_address = f"{_url_host(grpc_host)}:{grpc_port}"
             http_url = await nursery.start(_serve_http, config, services)
+            metrics_url = None
+            if (endpoint := config.metrics_endpoint) is not None:
+                metrics_url = await nursery.start(serve_metrics, metrics, *endpoint)
             if config.demo:
                 from . import demo
 
@@ -152,6 +186,7 @@ async def serve(
                     grpc_port=grpc_port,
                     token=token,
                     services=services,
+                    metrics_url=metrics_url,
                 )
             )
 

@@ -34,6 +34,7 @@ from fleet.proto import agent_service as pb
 
 from .agents import AgentInfo, AgentRegistry, AgentSession, SessionClosed
 from .batchrun import OUTPUT_FLUSH_S, BatchRun, NullFeed, Publisher, RunSettings
+from .metrics import ServerMetrics
 from .store import BatchRecord
 from .writeback import WriteBack
 
@@ -67,10 +68,12 @@ class Supervisor:
         timers: core.BatchTimers | None = None,
         feed: Publisher | None = None,
         on_agent: Callable[[int, AgentInfo | None], None] | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.registry = registry
         self.writeback = writeback
         self.feed: Publisher = feed or NullFeed()
+        self.metrics = metrics or ServerMetrics()
         self.settings = RunSettings(
             logs_dir=logs_dir,
             output_cap=output_cap,
@@ -118,10 +121,14 @@ class Supervisor:
     def get(self, batch_id: str) -> BatchRun | None:
         return self._runs.get(batch_id)
 
+    def running(self) -> list[BatchRun]:
+        return list(self._runs.values())
+
     def batch_finished(self, run: BatchRun) -> None:
         """Forget a final batch once its last changes are committed (until then the API
         reads it from memory, so nobody sees the store's older state)."""
         run.flush_output()
+        self.metrics.batch_finished(run.batch, run.record.created_at)
 
         def forget() -> None:
             self._runs.pop(run.id, None)

@@ -20,6 +20,7 @@ from fleet.core import NotFound
 
 from .agents import AgentInfo
 from .dbthread import DbThread
+from .metrics import ServerMetrics
 from .store import UNSET, BatchUpdate, ChildUpdate, Store
 
 __all__ = ["WriteBack"]
@@ -51,8 +52,11 @@ def _queue(pending: dict[str, _U], key: str, update: _U, *, older: bool = False)
 class WriteBack:
     """Batches store writes. Start ``run`` in a nursery; ``flush`` to force one now."""
 
-    def __init__(self, db: DbThread, *, interval_s: float) -> None:
+    def __init__(
+        self, db: DbThread, *, interval_s: float, metrics: ServerMetrics | None = None
+    ) -> None:
         self._db = db
+        self._metrics = metrics or ServerMetrics()
         self._interval = interval_s
         self._children: dict[str, ChildUpdate] = {}
         self._batches: dict[str, BatchUpdate] = {}
@@ -91,9 +95,10 @@ class WriteBack:
         children, batches, seen, callbacks = self._take()
         infos, self._infos = self._infos, {}
         try:
-            await self._commit(children, batches, seen, callbacks)
-            if infos:
-                await self._db.run(_record_infos, infos)
+            with self._metrics.store_write():
+                await self._commit(children, batches, seen, callbacks)
+                if infos:
+                    await self._db.run(_record_infos, infos)
         except Exception:
             # Keep serving: the changes go back in the queue, under anything recorded since,
             # and the next flush tries again.
