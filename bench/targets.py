@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._common import fmt, table
+from ._report import fmt, table
 
 GIB_MIB = 1024.0
 #: The issue's reference figures for asyncssh (measured elsewhere, printed for context only).
