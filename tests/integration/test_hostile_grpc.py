@@ -1,4 +1,4 @@
-"""Hostile peers on the gRPC port (SPEC §7, issue 11): size limits, impossible reports, refusals.
+"""Hostile peers on the gRPC port: size limits, impossible reports, refused handshakes.
 
 Each test speaks raw bytes through ``tests.hostile.RawPeer`` and reads the status the server
 ends the stream with. Memory under a 300 MB declared message is measured on a real process in
