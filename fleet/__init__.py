@@ -13,6 +13,7 @@ direction only; no import cycles):
    ``fleet.server``.
 3. ``fleet.server.config``, ``fleet.server.agents``, ``fleet.server.records`` (plain records),
    ``fleet.server.store`` (Pony, by noun), ``fleet.server.dbthread``, ``fleet.server.logs``,
+   ``fleet.server.reports`` (what an agent may report), ``fleet.server.handshakes``,
    ``fleet.server.http.feed`` (the publish/subscribe hub), ``fleet.server.http.openapi``,
    ``fleet.server.reports`` (what an agent may report), ``fleet.server.metrics`` (Prometheus)
 4. ``fleet.server.views`` (JSON shapes), ``fleet.server.writeback``,
