@@ -15,7 +15,8 @@ direction only; no import cycles):
    ``fleet.server.store`` (Pony, by noun), ``fleet.server.dbthread``, ``fleet.server.logs``,
    ``fleet.server.reports`` (what an agent may report), ``fleet.server.handshakes``,
    ``fleet.server.http.feed`` (the publish/subscribe hub), ``fleet.server.http.openapi``,
-   ``fleet.server.reports`` (what an agent may report), ``fleet.server.metrics`` (Prometheus)
+   ``fleet.server.reports`` (what an agent may report), ``fleet.server.metrics`` (Prometheus),
+   ``fleet.server.datadir`` (the data directory's lock and file modes)
 4. ``fleet.server.views`` (JSON shapes), ``fleet.server.writeback``,
    ``fleet.server.handshakes`` (agent handshakes, refusals rate-limited)
 5. ``fleet.server.batchrun``

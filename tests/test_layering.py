@@ -72,6 +72,7 @@ LAYERS: list[list[str]] = [
         "fleet.server.http.openapi",
         "fleet.server.reports",
         "fleet.server.metrics",
+        "fleet.server.datadir",
     ],
     ["fleet.server.views", "fleet.server.writeback", "fleet.server.handshakes"],
     ["fleet.server.batchrun"],

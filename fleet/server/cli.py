@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from fleet import logformat
 from fleet.logformat import FORMATS
 
 from .config import ConfigError, ServerConfig
+from .datadir import DataDirError, DataDirLock, lock_data_dir
 
 __all__ = ["build_config", "main"]
 
@@ -130,14 +132,14 @@ def _setup_logging(level: str, log_format: str) -> None:
     logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
 
 
-async def _main(config: ServerConfig) -> None:
+async def _main(config: ServerConfig, lock: DataDirLock) -> None:
     from fleet.wire import open_loop
 
     from .serve import serve
 
     async with open_loop():
         async with trio.open_nursery() as nursery:
-            endpoints = await nursery.start(serve, config)
+            endpoints = await nursery.start(functools.partial(serve, config, lock=lock))
             what = f" with {config.demo} demo agents" if config.demo else ""
             print(f"Fleet is ready{what}: {endpoints.login_url}", flush=True)
             print(f"Agents connect to {endpoints.grpc_address}", flush=True)
@@ -160,11 +162,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fleet-server: {exc}", file=sys.stderr)
         return 2
     _setup_logging(config.log_level, config.log_format)
+    os.umask(0o077)  # every file and directory the server creates is private (SPEC §6)
     try:
-        trio.run(_main, config)
+        lock = lock_data_dir(config.data_dir)
+    except DataDirError as exc:
+        print(f"fleet-server: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(_main, config, lock)
     except OSError as exc:
         print(f"fleet-server: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # pragma: no cover - a second Ctrl-C during shutdown
         return 130
+    finally:
+        lock.release()
     return 0

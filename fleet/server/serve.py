@@ -29,6 +29,7 @@ from fleet import core
 from . import rpc
 from .agents import AgentRegistry, Credentials, hash_secret, new_secret
 from .config import ServerConfig
+from .datadir import DataDirLock, lock_data_dir
 from .dbthread import DbThread, open_db_thread
 from .handshakes import RefusedHandshakes
 from .http import routes_vps
@@ -95,6 +96,7 @@ async def _resume(db: DbThread, supervisor: Supervisor) -> None:
 async def serve(
     config: ServerConfig,
     *,
+    lock: DataDirLock | None = None,
     task_status: trio.TaskStatus[Endpoints] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the whole server until cancelled. Must run inside ``trio_asyncio.open_loop()``.
@@ -104,9 +106,26 @@ async def serve(
     Cancelling it stops accepting, ends agent streams with UNAVAILABLE, flushes pending
     writes and returns; running commands on agents are not terminated (a restarted server
     resumes their batches).
+
+    The data directory is locked for the server's life (``fleet.server.datadir``): pass the
+    ``lock`` already taken (``fleet-server`` takes it first, to refuse in one line), or serve
+    takes it and raises ``DataDirError`` if it cannot.
     """
+    if lock is None:
+        lock = lock_data_dir(config.data_dir)
+        try:
+            await _serve(config, lock, task_status)
+        finally:
+            lock.release()
+    else:
+        await _serve(config, lock, task_status)
+
+
+async def _serve(
+    config: ServerConfig, lock: DataDirLock, task_status: trio.TaskStatus[Endpoints]
+) -> None:
     data_dir = config.data_dir
-    await trio.Path(data_dir / "logs").mkdir(parents=True, exist_ok=True)
+    await trio.Path(data_dir / "logs").mkdir(mode=0o700, exist_ok=True)
     for warning in config.public_listeners() if not config.tls else []:
         logger.warning("listening %s without TLS: use --tls-cert/--tls-key", warning)
     if config.public_metrics:
@@ -179,6 +198,7 @@ async def serve(
                 from . import demo
 
                 await nursery.start(demo.run_agents, config, services)
+            lock.describe(f"pid {os.getpid()}, http {http_url}, grpc {services.grpc_address}")
             task_status.started(
                 Endpoints(
                     http_url=http_url,
