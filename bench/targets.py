@@ -1,4 +1,4 @@
-"""Issue 6's targets, evaluated against the figures of one ``python -m bench`` run."""
+"""The performance targets, evaluated against the figures of one ``python -m bench`` run."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The data directory: created private, and locked for the server's whole life (SPEC §6).
+"""The data directory: created private, and locked for the server's whole life.
 
 One server per data directory: :func:`lock_data_dir` takes ``flock`` on ``<data-dir>/server.lock``
 (released by the kernel however the server ends, even SIGKILL) and writes who holds it (pid,

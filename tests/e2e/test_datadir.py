@@ -1,5 +1,5 @@
-"""One server per data directory, private files, and a data directory that cannot be opened
-(SPEC §6), with real ``fleet-server`` processes."""
+"""One server per data directory, private files, and a data directory that cannot be opened,
+with real ``fleet-server`` processes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``--metrics``: a real server and real agents; the scrape moves with a batch (SPEC §11)."""
+"""``--metrics``: a real server and real agents; the Prometheus scrape moves with a batch."""
 
 from __future__ import annotations
 

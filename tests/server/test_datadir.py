@@ -1,4 +1,4 @@
-"""The data directory: its lock, and files private from creation whatever the umask (SPEC §6)."""
+"""The data directory: its lock, and files private from creation whatever the umask."""
 
 from __future__ import annotations
 
