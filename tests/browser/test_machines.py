@@ -19,6 +19,8 @@ from contextlib import contextmanager
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
+import fleet
+
 from .support import FleetServer, Session
 from .test_ui import api, log_in
 
@@ -142,6 +144,10 @@ def test_adding_a_vps_shows_the_servers_agent_command(session: Session) -> None:
         expect(run_line).to_have_text(
             f"fleet-agent --server {grpc_address(session.server)} --vps-id {vps['id']} "
             "--secret-file /etc/fleet-agent/secret"
+        )
+        # The package to install is "fleet-run" at the server's version (never "fleet").
+        expect(page.get_by_test_id("vps-agent-install")).to_have_text(
+            f"python3 -m pip install 'fleet-run=={fleet.__version__}'"
         )
         store_line = page.get_by_test_id("vps-agent-secret-line")
         expect(store_line).to_contain_text("sudo install -d -m 0700 /etc/fleet-agent && printf")
