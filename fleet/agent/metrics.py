@@ -27,7 +27,7 @@ from fleet.proto import agent_service as pb
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
-__all__ = ["AgentStats", "MetricsServer", "serve_metrics"]
+__all__ = ["AgentStats", "MetricsServer", "registry_for", "serve_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ class AgentStats:
                 self.output_sent[stream] += len(output.chunk)
 
 
-def _registry(stats: AgentStats) -> CollectorRegistry:
+def registry_for(stats: AgentStats) -> CollectorRegistry:
+    """A registry whose collector reads ``stats`` at every scrape (imports prometheus-client)."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import (
         CounterMetricFamily,
@@ -135,7 +136,7 @@ def serve_metrics(stats: AgentStats, host: str, port: int) -> MetricsServer:
     """
     from prometheus_client import start_http_server
 
-    server, thread = start_http_server(port, addr=host, registry=_registry(stats))
+    server, thread = start_http_server(port, addr=host, registry=registry_for(stats))
     endpoint = MetricsServer(server, thread)
     logger.info("metrics at %s", endpoint.url)
     return endpoint
