@@ -17,7 +17,8 @@ from typing import Any
 
 import trio
 
-from ._common import BenchError, log, machine_notes, raise_nofile
+from ._metrics import machine_notes, raise_nofile
+from ._report import BenchError, log
 from .targets import evaluate, render_targets
 
 NAMES = ("fanout", "scale", "throughput", "api", "compare", "idle")

@@ -4,7 +4,7 @@
 
 ``FILE.json`` is a list of ``[vps_id, secret]``; with ``--state-root DIR`` each agent keeps its
 journal in ``DIR/vps-N`` (as ``fleet-agent`` always does), else none. Protocol on stdin/stdout (see
-``bench._common.Workers``): print ``ready`` once imported; on a ``go`` line start every agent
+``bench._processes.Workers``): print ``ready`` once imported; on a ``go`` line start every agent
 at once and print ``connected OK FAILED SECONDS`` when each has made its first connection
 attempt (``run_agent``'s ``started(connected)``); keep running until stdin closes, then cancel
 the agents (which stops their commands) and exit.

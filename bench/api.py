@@ -22,23 +22,9 @@ from typing import Any
 import httpx
 import trio
 
-from ._common import (
-    PY,
-    Api,
-    BenchError,
-    agent_host_argvs,
-    child_statuses,
-    fleet_server,
-    fmt,
-    log,
-    median,
-    percentile,
-    table,
-    temp_dir,
-    timed_batch,
-    watch_batch,
-    workers,
-)
+from ._fleet import Api, agent_host_argvs, child_statuses, fleet_server, timed_batch, watch_batch
+from ._processes import PY, temp_dir, workers
+from ._report import BenchError, fmt, log, median, percentile, table
 
 TASKS = 1000
 RATE = 1000  # lines per second

@@ -28,19 +28,8 @@ from typing import Any
 import trio
 
 from . import fanout, throughput
-from ._common import (
-    PY,
-    ROOT,
-    BenchError,
-    child_env,
-    fmt,
-    log,
-    median,
-    spawn,
-    stop_process,
-    table,
-    temp_dir,
-)
+from ._processes import PY, ROOT, child_env, spawn, stop_process, temp_dir
+from ._report import BenchError, fmt, log, median, table
 
 SIZE = 200_000_000
 SSH_N = (10, 100)

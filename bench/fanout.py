@@ -21,23 +21,10 @@ from typing import Any
 
 import trio
 
-from ._common import (
-    Api,
-    BenchError,
-    agent_host_argvs,
-    cpu_s,
-    fleet_server,
-    fmt,
-    log,
-    median,
-    peak_mib,
-    percentile,
-    rss_mib,
-    table,
-    temp_dir,
-    timed_batch,
-    workers,
-)
+from ._fleet import Api, agent_host_argvs, fleet_server, timed_batch
+from ._metrics import cpu_s, peak_mib, rss_mib
+from ._processes import temp_dir, workers
+from ._report import BenchError, fmt, log, median, percentile, table
 
 COMMANDS = ("true", "echo hi")
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import trio
 
-from ._common import PY, ROOT, BenchError, child_env, fmt, median, table
+from ._processes import PY, ROOT, child_env
+from ._report import BenchError, fmt, median, table
 
 _FIGURES = {
     "rss_mib": re.compile(r"RSS ([\d.]+) MiB"),

@@ -24,24 +24,10 @@ from typing import Any
 
 import trio
 
-from ._common import (
-    PY,
-    Api,
-    BenchError,
-    cpu_s,
-    fleet_server,
-    fmt,
-    log,
-    median,
-    peak_mib,
-    percentile,
-    rss_mib,
-    split,
-    table,
-    temp_dir,
-    timed_batch,
-    workers,
-)
+from ._fleet import Api, fleet_server, timed_batch
+from ._metrics import cpu_s, peak_mib, rss_mib
+from ._processes import PY, split, temp_dir, workers
+from ._report import BenchError, fmt, log, median, percentile, table
 
 GENERATORS = 4
 PROTOS = ("batch_command.proto", "handshake.proto", "messages.proto")

@@ -1,11 +1,11 @@
-"""Issue 6's targets, evaluated against the figures of one ``python -m bench`` run."""
+"""The performance targets, evaluated against the figures of one ``python -m bench`` run."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from ._common import fmt, table
+from ._report import fmt, table
 
 GIB_MIB = 1024.0
 #: The issue's reference figures for asyncssh (measured elsewhere, printed for context only).

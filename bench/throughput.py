@@ -17,25 +17,10 @@ from typing import Any
 
 import trio
 
-from ._common import (
-    PY,
-    Api,
-    BenchError,
-    child_env,
-    cpu_s,
-    fleet_server,
-    fmt,
-    log,
-    median,
-    peak_mib,
-    reset_peak,
-    rss_mib,
-    spawn,
-    stop_process,
-    table,
-    temp_dir,
-    timed_batch,
-)
+from ._fleet import Api, fleet_server, timed_batch
+from ._metrics import cpu_s, peak_mib, reset_peak, rss_mib
+from ._processes import PY, child_env, spawn, stop_process, temp_dir
+from ._report import BenchError, fmt, log, median, table
 
 SIZE = 200_000_000
 #: GET interval while waiting for the final status (nobody subscribes to the feed).

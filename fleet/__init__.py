@@ -14,8 +14,9 @@ direction only; no import cycles):
 3. ``fleet.server.config``, ``fleet.server.agents``, ``fleet.server.records`` (plain records),
    ``fleet.server.store`` (Pony, by noun), ``fleet.server.dbthread``, ``fleet.server.logs``,
    ``fleet.server.http.feed`` (the publish/subscribe hub), ``fleet.server.http.openapi``,
-   ``fleet.server.reports`` (what an agent may report), ``fleet.server.clock`` (trio time ↔
-   wall-clock time), ``fleet.server.health`` (whether the store takes writes)
+   ``fleet.server.reports`` (what an agent may report), ``fleet.server.metrics`` (Prometheus),
+   ``fleet.server.datadir`` (the data directory's lock and file modes), ``fleet.server.clock``
+   (trio time ↔ wall-clock time), ``fleet.server.health`` (whether the store takes writes)
 4. ``fleet.server.views`` (JSON shapes), ``fleet.server.writeback``,
    ``fleet.server.handshakes`` (agent handshakes, refusals rate-limited),
    ``fleet.server.output`` (a batch's logs and output facts)

@@ -121,3 +121,14 @@ def test_the_agent_refuses_an_unknown_format(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr == "fleet-agent: error: log format must be text or json, got 'xml'\n"
+
+
+def test_server_log_format_setting() -> None:
+    from fleet.server.cli import build_config
+    from fleet.server.config import ConfigError
+
+    assert build_config([], {}).log_format == "text"
+    assert build_config(["--log-format", "json"], {}).log_format == "json"
+    assert build_config([], {"FLEET_LOG_FORMAT": "json"}).log_format == "json"
+    with pytest.raises(ConfigError, match="--log-format"):
+        build_config([], {"FLEET_LOG_FORMAT": "xml"})

@@ -1,5 +1,6 @@
 """The wire protocol: the committed betterproto2 code is current, and it interoperates with
-Google's protobuf compiled from the same ``.proto`` sources at test time (SPEC §1)."""
+Google's protobuf compiled from the same ``.proto`` sources at test time: any protobuf
+implementation can speak to the server and the agent."""
 
 from __future__ import annotations
 
@@ -220,7 +221,7 @@ TO_AGENT = {"server_message_id": 2**63 + 1}
 
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "handshake": ("AgentHandshake", HANDSHAKE),
-    "handshake-without-open-ids": (  # a peer that predates SPEC §6
+    "handshake-without-open-ids": (  # a peer that predates the open-ids fields
         "AgentHandshake",
         {k: v for k, v in HANDSHAKE.items() if not k.startswith("open_command_ids")},
     ),

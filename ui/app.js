@@ -33,7 +33,8 @@
 //             script-editor-title, script-name, script-description, script-content,
 //             script-save, script-run, script-delete
 //   machines  vps-add-form, vps-add-name, vps-add-tags, vps-add-submit, vps-secret,
-//             vps-agent-command, vps-manage-table, vps-manage-row-<id>, vps-delete-<id>
+//             vps-agent-install, vps-agent-command (+ vps-agent-secret-line, vps-agent-run-line),
+//             vps-manage-table, vps-manage-row-<id>, vps-delete-<id>
 
 import { describeError, get, notifyUnauthorized, onUnauthorized, post } from "./api.js";
 import { h, replaceChildren, setText } from "./dom.js";

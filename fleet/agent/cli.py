@@ -10,6 +10,7 @@ at once. The exit status is then 0.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from fleet import logformat
 
 from .config import AgentConfig, ConfigError, Secret, default_state_dir
 from .link import open_loop
+from .metrics import AgentStats, serve_metrics
 from .run import SHUTDOWN_REPORT_S, run_agent
 from .statedir import Journal, JournalError
 
@@ -80,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("--log-level", metavar="LEVEL", help="DEBUG, INFO, ... (INFO) [FLEET_AGENT_LOG_LEVEL]")
     add("--log-format", metavar="FORMAT", help="text or json (text) [FLEET_AGENT_LOG_FORMAT]")
+    add(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics; a bare PORT: 127.0.0.1 "
+        "(off) [FLEET_AGENT_METRICS]",
+    )
     add("--version", action="version", version=f"%(prog)s {fleet.__version__}")
     return parser
 
@@ -124,6 +132,8 @@ def build_config(argv: Sequence[str], environ: Mapping[str, str]) -> AgentConfig
         values["log_level"] = str(level).upper()
     if log_format := setting("log_format", "LOG_FORMAT"):
         values["log_format"] = str(log_format).lower()
+    if metrics := setting("metrics", "METRICS"):
+        values["metrics"] = str(metrics)
     state_dir = setting("state_dir", "STATE_DIR")
     if state_dir:
         values["state_dir"] = Path(state_dir).absolute()
@@ -166,8 +176,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.no_exec,
         config.state_dir,
     )
+    stats = AgentStats()
+    endpoint = None
+    if (where := config.metrics_endpoint) is not None:
+        try:
+            endpoint = serve_metrics(stats, *where)
+        except OSError as error:
+            journal.close()
+            print(f"{_PROG}: error: --metrics {config.metrics}: {error}", file=sys.stderr)
+            return 2
+        if not _loopback(where[0]):
+            logger.warning("metrics on %s: anyone who can reach it reads them", config.metrics)
     try:
-        trio.run(_serve, config, journal)
+        trio.run(_serve, config, journal, stats)
     except KeyboardInterrupt:  # before the signal handlers were installed
         return 130
     except Exception:
@@ -175,15 +196,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         journal.close()
+        if endpoint is not None:
+            endpoint.close()
     return 0
 
 
-async def _serve(config: AgentConfig, journal: Journal) -> None:
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def _serve(config: AgentConfig, journal: Journal, stats: AgentStats) -> None:
     async with open_loop():
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, config, stop, nursery.cancel_scope)
-            await run_agent(config, stop=stop, journal=journal)
+            await run_agent(config, stop=stop, journal=journal, stats=stats)
             nursery.cancel_scope.cancel()
     logger.info("vps=%d stopped", config.vps_id)
 

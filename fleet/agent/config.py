@@ -163,6 +163,8 @@ class AgentConfig:
     #: journal: a restarted agent then cannot vouch for what it ran (the handshake says so).
     #: ``fleet-agent`` always sets one (:func:`default_state_dir`).
     state_dir: Path | None = None
+    #: ``HOST:PORT`` (or a bare ``PORT``, on 127.0.0.1) of the agent's Prometheus endpoint.
+    metrics: str | None = None
 
     def __post_init__(self) -> None:
         parse_server_address(self.server)
@@ -209,6 +211,7 @@ class AgentConfig:
             raise ConfigError(f"output buffer must be at least {MAX_CHUNK_BYTES} bytes")
         if self.max_unacked_results < 1:
             raise ConfigError("max unacked results must be at least 1")
+        self.metrics_endpoint  # noqa: B018 - validates
         if self.state_dir is not None and not os.path.isabs(self.state_dir):
             raise ConfigError(f"state dir must be an absolute path, got {str(self.state_dir)!r}")
 
@@ -221,6 +224,17 @@ class AgentConfig:
     def port(self) -> int:
         """The PORT part of ``server``."""
         return parse_server_address(self.server)[1]
+
+    @property
+    def metrics_endpoint(self) -> tuple[str, int] | None:
+        """Where ``--metrics`` listens (a bare port means loopback), or None when it is off."""
+        if self.metrics is None:
+            return None
+        text = f"127.0.0.1:{self.metrics}" if self.metrics.isdigit() else self.metrics
+        try:
+            return parse_server_address(text)
+        except ConfigError:
+            raise ConfigError(f"metrics must be HOST:PORT or PORT, got {self.metrics!r}") from None
 
     @property
     def log_level_number(self) -> int:

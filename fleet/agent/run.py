@@ -42,6 +42,7 @@ from .config import AgentConfig
 from .host import describe_host
 from .journal import MAX_ID_CHARS, ProcessInfo, StoredResult
 from .link import HandshakeRefused, Link, LinkError, check_asyncio_loop, open_link
+from .metrics import AgentStats
 from .orphans import boot_id, process_info, settle_left_over
 from .outbox import Outbox, unix_ms
 from .runner import COULD_NOT_START, CommandControl, CommandSpec, run_command
@@ -62,6 +63,7 @@ async def run_agent(
     *,
     stop: trio.Event | None = None,
     journal: Journal | None = None,
+    stats: AgentStats | None = None,
     task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one agent: keep a link to the server and run the commands it sends.
@@ -82,6 +84,7 @@ async def run_agent(
         journal: the journal of ``config.state_dir``, already opened (``fleet-agent`` opens it
             first, to refuse an unusable state directory in one line); run_agent closes it.
             By default run_agent opens it.
+        stats: where the agent counts what ``--metrics`` shows (:mod:`fleet.agent.metrics`).
 
     Cancellation stops every command's process group (SIGTERM, SIGKILL after
     ``config.terminate_grace_s``) in shielded cleanup bounded by the grace plus three seconds,
@@ -96,7 +99,7 @@ async def run_agent(
         await trio.to_thread.run_sync(journal.open)
     try:
         async with trio.open_nursery() as nursery:
-            agent = _Agent(config, nursery, journal)
+            agent = _Agent(config, nursery, journal, stats or AgentStats())
             agent.recover()
             connected: bool = await nursery.start(agent.connect_forever)
             task_status.started(connected)
@@ -122,7 +125,9 @@ class _CommandOutput:
 class _Agent:
     """The state of one ``run_agent`` call; its methods run as tasks in ``nursery``."""
 
-    def __init__(self, config: AgentConfig, nursery: trio.Nursery, journal: Journal) -> None:
+    def __init__(
+        self, config: AgentConfig, nursery: trio.Nursery, journal: Journal, stats: AgentStats
+    ) -> None:
         self._config = config
         self._nursery = nursery
         self._journal = journal
@@ -133,6 +138,8 @@ class _Agent:
             keep_finished_output=config.max_concurrent,
         )
         self._running: dict[str, CommandControl] = {}
+        self._stats = stats
+        stats.running_commands = self._running.__len__
         self._command_ended = trio.lowlevel.ParkingLot()
         self._message_ids = itertools.count(1)
         self._handshake = describe_host()
@@ -154,6 +161,7 @@ class _Agent:
                 self._handshake.open_command_ids_complete = self._journal.complete
                 async with open_link(config, self._handshake, self._message_ids) as link:
                     connected = True
+                    self._stats.link_up()
                     backoff.reset()
                     logger.info("vps=%d connected to %s", config.vps_id, config.server)
                     if not reported:
@@ -169,6 +177,7 @@ class _Agent:
                     logger.warning(
                         "vps=%d cannot connect to %s: %s", config.vps_id, config.server, error
                     )
+            self._stats.link_down()
             if not reported:
                 task_status.started(False)
                 reported = True
@@ -200,6 +209,7 @@ class _Agent:
                 continue
             for message in batch:
                 await link.send(message)
+                self._stats.sent(message)
 
     def handle(self, message: pb.MessageToAgent) -> None:
         """Act on one message from the server (synchronously; commands start as tasks)."""

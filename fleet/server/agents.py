@@ -194,6 +194,10 @@ class AgentRegistry:
     def is_online(self, vps_id: int) -> bool:
         return self.get(vps_id) is not None
 
+    def online_count(self) -> int:
+        """How many VPSes have a live stream (for the metrics)."""
+        return sum(1 for session in self._sessions.values() if not session.closed)
+
     def close(self, vps_id: int, reason: str) -> None:
         """Close the VPS's session if any (its secret changed, or it was deleted)."""
         session = self._sessions.get(vps_id)

@@ -31,6 +31,7 @@ from fleet.proto import agent_service as pb
 
 from .agents import AgentInfo, AgentRegistry, command_message, terminate_message
 from .clock import WallClock
+from .metrics import ServerMetrics
 from .output import BatchOutput
 from .store import BatchRecord, BatchUpdate, ChildRecord, ChildUpdate
 from .views import batch_view, child_update_event, iso
@@ -91,6 +92,7 @@ class RunDeps:
     timers: core.BatchTimers
     output_cap: int
     summary_lines: int = 20
+    metrics: ServerMetrics = dataclasses.field(default_factory=ServerMetrics)
 
 
 class BatchRun:
@@ -334,6 +336,7 @@ class BatchRun:
             )
             return
         child_id = out.command_id
+        self._deps.metrics.output_received(stream, len(out.chunk))
         task = self.batch.children[child_id]
         written = self.output.write(child_id, stream, out.chunk, out.offset)
         if not task.is_terminal:

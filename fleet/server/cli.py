@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from fleet import logformat
 from fleet.logformat import FORMATS
 
 from .config import ConfigError, ServerConfig
+from .datadir import DataDirError, DataDirLock, lock_data_dir
 
 __all__ = ["build_config", "main"]
 
@@ -39,6 +41,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "log_level": ("FLEET_LOG_LEVEL", str),
     "log_format": ("FLEET_LOG_FORMAT", str),
     "demo": ("FLEET_DEMO", int),
+    "metrics": ("FLEET_METRICS", str),
 }
 
 
@@ -91,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--demo", type=int, metavar="N", help="also run N local agents (demo-1..N) to try Fleet"
     )
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT: 127.0.0.1; off)",
+    )
     p.add_argument("--version", action="version", version=f"fleet {fleet.__version__}")
     return p
 
@@ -124,17 +132,19 @@ def _setup_logging(level: str, log_format: str) -> None:
     logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
 
 
-async def _main(config: ServerConfig) -> None:
+async def _main(config: ServerConfig, lock: DataDirLock) -> None:
     from fleet.wire import open_loop
 
     from .serve import serve
 
     async with open_loop():
         async with trio.open_nursery() as nursery:
-            endpoints = await nursery.start(serve, config)
+            endpoints = await nursery.start(functools.partial(serve, config, lock=lock))
             what = f" with {config.demo} demo agents" if config.demo else ""
             print(f"Fleet is ready{what}: {endpoints.login_url}", flush=True)
             print(f"Agents connect to {endpoints.grpc_address}", flush=True)
+            if endpoints.metrics_url:
+                print(f"Metrics at {endpoints.metrics_url}", flush=True)
             if config.demo:
                 print(f"Demo data directory: {config.data_dir}", flush=True)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -152,11 +162,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fleet-server: {exc}", file=sys.stderr)
         return 2
     _setup_logging(config.log_level, config.log_format)
+    os.umask(0o077)  # every file and directory the server creates is private (SPEC §6)
     try:
-        trio.run(_main, config)
+        lock = lock_data_dir(config.data_dir)
+    except DataDirError as exc:
+        print(f"fleet-server: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(_main, config, lock)
     except OSError as exc:
         print(f"fleet-server: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # pragma: no cover - a second Ctrl-C during shutdown
         return 130
+    finally:
+        lock.release()
     return 0

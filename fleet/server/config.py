@@ -65,12 +65,15 @@ class ServerConfig:
     #: ``text`` or ``json`` (one JSON object per line: ``fleet.logformat``).
     log_format: str = "text"
     demo: int = 0
+    #: ``HOST:PORT`` (or a bare ``PORT``, on 127.0.0.1) of the Prometheus endpoint; off if None.
+    metrics: str | None = None
 
     def __post_init__(self) -> None:
         self.http_endpoint  # noqa: B018 - validates
         self.grpc_endpoint  # noqa: B018
         if self.public_grpc is not None:
             parse_hostport(self.public_grpc, name="--public-grpc")
+        self.metrics_endpoint  # noqa: B018 - validates
         for name in (
             "reconnect_grace_s",
             "terminate_confirm_s",
@@ -115,6 +118,15 @@ class ServerConfig:
         return parse_hostport(self.grpc, name="--grpc")
 
     @property
+    def metrics_endpoint(self) -> tuple[str, int] | None:
+        """Where ``--metrics`` listens (a bare port means loopback), or None when it is off."""
+        if self.metrics is None:
+            return None
+        if self.metrics.isdigit():
+            return parse_hostport(f"127.0.0.1:{self.metrics}", name="--metrics")
+        return parse_hostport(self.metrics, name="--metrics")
+
+    @property
     def tls(self) -> bool:
         return self.tls_cert is not None
 
@@ -125,6 +137,12 @@ class ServerConfig:
             if not _is_loopback(host):
                 out.append(f"{name} on {host}")
         return out
+
+    @property
+    def public_metrics(self) -> bool:
+        """The metrics endpoint (no authentication, no TLS) listens beyond loopback."""
+        endpoint = self.metrics_endpoint
+        return endpoint is not None and not _is_loopback(endpoint[0])
 
     def replace(self, **changes: object) -> ServerConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ from typing import Concatenate, Final, ParamSpec, TypeVar, cast
 import outcome
 import trio
 
+from fleet.server.datadir import private_file
 from fleet.server.store import Store
 
 __all__ = ["DbThread", "DbThreadStatistics", "open_db_thread"]
@@ -119,6 +120,8 @@ class DbThread:
         """The DB thread: open the store, run jobs until the ``None`` sentinel, close it."""
         try:
             try:
+                if url is None and data_dir.is_dir():  # SQLite gives -wal/-shm its mode
+                    private_file(data_dir / "fleet.db")
                 store = Store.open(url, data_dir)
             except BaseException as exc:
                 token.run_sync_soon(on_open, outcome.Error(exc))

@@ -143,6 +143,8 @@ class RefusedHandshakes:
         self._overflow: list[str] = []  # lines of entries forgotten to stay bounded
         #: Handshakes answered without work because their address was limited.
         self.limited = 0
+        #: Handshakes examined and refused (``refused`` calls); with ``limited``, every refusal.
+        self.refused_total = 0
 
     def allowed(self, key: str, now: float) -> bool:
         """Whether a handshake from ``key`` may be examined (False: answer it without work)."""
@@ -160,6 +162,7 @@ class RefusedHandshakes:
         """Record a refusal from ``key``; True when it should be logged now (the first one
         from this address, or the first after a quiet minute), False when it is only counted.
         """
+        self.refused_total += 1
         entry = self._entries.pop(key, None)  # re-inserted last: dict order is recency
         if entry is None:
             self._make_room()

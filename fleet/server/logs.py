@@ -3,12 +3,14 @@
 ``<data-dir>/logs/<batch>/<child>.stdout|.stderr``. Writes are small appends to the page cache
 made on the trio thread (the agent coalesces output into chunks of up to 64 KiB, so a chunk is
 one ``write`` system call); the file is opened on first output and closed when the child ends.
+Directories are created mode 0700 and files 0600.
 """
 
 from __future__ import annotations
 
 import codecs
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -89,8 +91,12 @@ class LogSink:
             return
         try:
             if self._file is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.path, "ab", buffering=0)
+                # Private from creation (SPEC §6): output may hold secrets.
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                fd = os.open(
+                    self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+                )
+                self._file = os.fdopen(fd, "ab", buffering=0)
             written = self._file.write(data)
             self._stored += written or 0
             if written != len(data):

@@ -5,7 +5,7 @@ An agent is a peer, not a trusted component: a report whose fields no honest age
 megabyte-long reason) ends its stream ``INVALID_ARGUMENT`` in ``fleet.server.rpc`` before any of
 it reaches the supervisor, the store or a log line. Checking here, once, keeps the far ends
 honest too: SQLite's INTEGER is signed 64-bit, and a value that does not fit fails at flush
-time, far from where it came in (STACK-NOTES).
+time, in a batched write far from the stream it came in on.
 
 What is *not* impossible passes: unknown enum values (a newer peer; the supervisor treats an
 unknown stream type or status as it documents), any ``exit_code`` (int32 by the wire), an offset

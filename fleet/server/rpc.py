@@ -172,7 +172,8 @@ class RpcServer:
         self._registry = registry
         self._hooks = hooks
         self._handlers: set[asyncio.Task[Any]] = set()
-        self.refusals = refusals or RefusedHandshakes()
+        # Not `refusals or …`: an empty RefusedHandshakes is falsy (it has a __len__).
+        self.refusals = refusals if refusals is not None else RefusedHandshakes()
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         return {

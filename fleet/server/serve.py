@@ -8,11 +8,13 @@ Task tree::
      ├─ Supervisor.run                     the batch nursery: one nursery per batch
      ├─ rpc.serve                          the asyncio island (grpclib) for agent streams
      ├─ hypercorn.trio.serve               Quart-Trio: REST, feed, UI
+     ├─ metrics.serve_metrics              with --metrics: Prometheus endpoint (Hypercorn)
      └─ demo.run_agents                    with --demo N: N real agents in this process
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -29,11 +31,14 @@ from .agents import AgentRegistry, Credentials, hash_secret, new_secret
 from .batchrun import RunDeps
 from .clock import WallClock
 from .config import ServerConfig
+from .datadir import DataDirLock, lock_data_dir
 from .dbthread import DbThread, open_db_thread
+from .handshakes import RefusedHandshakes
 from .health import StoreHealth, watch_store_file
 from .http.app import create_app
 from .http.common import Services
 from .http.feed import FeedHub
+from .metrics import LiveState, ServerMetrics, serve_metrics
 from .store import Store
 from .supervisor import Supervisor
 from .writeback import WriteBack
@@ -52,6 +57,8 @@ class Endpoints:
     grpc_port: int
     token: str | None
     services: Services
+    #: ``http://HOST:PORT/metrics`` when ``--metrics`` is on.
+    metrics_url: str | None = None
 
     @property
     def login_url(self) -> str:
@@ -91,6 +98,7 @@ async def _resume(db: DbThread, supervisor: Supervisor) -> None:
 async def serve(
     config: ServerConfig,
     *,
+    lock: DataDirLock | None = None,
     task_status: trio.TaskStatus[Endpoints] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the whole server until cancelled. Must run inside ``trio_asyncio.open_loop()``.
@@ -100,18 +108,43 @@ async def serve(
     Cancelling it stops accepting, ends agent streams with UNAVAILABLE, flushes pending
     writes and returns; running commands on agents are not terminated (a restarted server
     resumes their batches).
+
+    The data directory is locked for the server's life (``fleet.server.datadir``): pass the
+    ``lock`` already taken (``fleet-server`` takes it first, to refuse in one line), or serve
+    takes it and raises ``DataDirError`` if it cannot.
     """
+    if lock is None:
+        lock = lock_data_dir(config.data_dir)
+        try:
+            await _serve(config, lock, task_status)
+        finally:
+            lock.release()
+    else:
+        await _serve(config, lock, task_status)
+
+
+async def _serve(
+    config: ServerConfig, lock: DataDirLock, task_status: trio.TaskStatus[Endpoints]
+) -> None:
     data_dir = config.data_dir
-    await trio.Path(data_dir / "logs").mkdir(parents=True, exist_ok=True)
+    await trio.Path(data_dir / "logs").mkdir(mode=0o700, exist_ok=True)
     for warning in config.public_listeners() if not config.tls else []:
         logger.warning("listening %s without TLS: use --tls-cert/--tls-key", warning)
+    if config.public_metrics:
+        logger.warning(
+            "metrics on %s: anyone who can reach it reads them (no authentication, no TLS)",
+            config.metrics,
+        )
+    metrics = ServerMetrics()
     async with open_db_thread(config.db_url, data_dir) as db:
         token = await _admin_token(db, data_dir)
         credentials = Credentials(await db.run(Store.vps_secret_hashes))
         registry = AgentRegistry()
         hub = FeedHub()
         health = StoreHealth()
-        writeback = WriteBack(db, interval_s=config.flush_interval_s, health=health)
+        writeback = WriteBack(
+            db, interval_s=config.flush_interval_s, health=health, metrics=metrics
+        )
         deps = RunDeps(
             agents=registry,
             recorder=writeback,
@@ -124,8 +157,22 @@ async def serve(
             ),
             output_cap=config.output_cap_bytes,
             summary_lines=config.summary_lines,
+            metrics=metrics,
         )
         supervisor = Supervisor(deps)
+        refusals = RefusedHandshakes()
+        metrics.watch(
+            LiveState(
+                agents_online=registry.online_count,
+                batches=lambda: (run.batch for run in supervisor.running()),
+                feed_subscribers=hub.subscriber_count,
+                store_queued=lambda: db.statistics().queued,
+                handshakes_refused=lambda: (
+                    refusals.refused_total + refusals.limited,
+                    refusals.limited,
+                ),
+            )
+        )
         services = Services(
             config=config,
             db=db,
@@ -142,14 +189,24 @@ async def serve(
                 nursery.start_soon(watch_store_file, data_dir / "fleet.db", health)
             await nursery.start(supervisor.run)
             await _resume(db, supervisor)
-            grpc_port = await nursery.start(rpc.serve, config, credentials, registry, supervisor)
+            grpc_port = await nursery.start(
+                functools.partial(rpc.serve, refusals=refusals),
+                config,
+                credentials,
+                registry,
+                supervisor,
+            )
             grpc_host, _ = config.grpc_endpoint
             services.grpc_address = f"{_url_host(grpc_host)}:{grpc_port}"
             http_url = await nursery.start(_serve_http, config, services)
+            metrics_url = None
+            if (endpoint := config.metrics_endpoint) is not None:
+                metrics_url = await nursery.start(serve_metrics, metrics, *endpoint)
             if config.demo:
                 from . import demo
 
                 await nursery.start(demo.run_agents, config, services)
+            lock.describe(f"pid {os.getpid()}, http {http_url}, grpc {services.grpc_address}")
             task_status.started(
                 Endpoints(
                     http_url=http_url,
@@ -157,6 +214,7 @@ async def serve(
                     grpc_port=grpc_port,
                     token=token,
                     services=services,
+                    metrics_url=metrics_url,
                 )
             )
 

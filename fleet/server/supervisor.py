@@ -115,6 +115,7 @@ class Supervisor:
     def _finished(self, run: BatchRun) -> None:
         """Once its last changes are committed, the API reads a final batch from the store
         (until then from memory, so nobody sees older state). It stays routable a while."""
+        self.deps.metrics.batch_finished(run.batch, run.record.created_at)
         run.flush_output()
 
         def committed() -> None:

@@ -21,6 +21,7 @@ from fleet.core import NotFound
 from .agents import AgentInfo
 from .dbthread import DbThread
 from .health import StoreHealth, storage_fault
+from .metrics import ServerMetrics
 from .store import UNSET, BatchUpdate, ChildUpdate, Store
 
 __all__ = ["MAX_RETRY_S", "WriteBack"]
@@ -56,10 +57,16 @@ class WriteBack:
     """Batches store writes. Start ``run`` in a nursery; ``flush`` to force one now."""
 
     def __init__(
-        self, db: DbThread, *, interval_s: float, health: StoreHealth | None = None
+        self,
+        db: DbThread,
+        *,
+        interval_s: float,
+        health: StoreHealth | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self._db = db
         self._health = health or StoreHealth()
+        self._metrics = metrics or ServerMetrics()
         self._interval = interval_s
         self._children: dict[str, ChildUpdate] = {}
         self._batches: dict[str, BatchUpdate] = {}
@@ -100,9 +107,10 @@ class WriteBack:
         infos, self._infos = self._infos, {}
         try:
             self._health.check_writable()
-            await self._commit(children, batches, seen, callbacks)
-            if infos:
-                await self._db.run(_record_infos, infos)
+            with self._metrics.store_write():
+                await self._commit(children, batches, seen, callbacks)
+                if infos:
+                    await self._db.run(_record_infos, infos)
         except Exception as exc:
             reason = storage_fault(exc)
             if reason is None:

@@ -2,7 +2,8 @@
 
 It binds its own socket (port 0 at first, the same port after ``restart()``), records every
 message it receives, answers the handshake, and acknowledges results unless told not to. The
-grpclib ``__mapping__`` is written by hand (STACK-NOTES).
+grpclib ``__mapping__`` is written by hand: betterproto2 generates messages only, no service
+stubs.
 """
 
 from __future__ import annotations
@@ -87,7 +88,11 @@ class FakeServer:
         await self._server.start(sock=sock, backlog=128, ssl=self.ssl_context)
 
     async def stop(self) -> None:
-        """End every stream with UNAVAILABLE trailers, then close the server (STACK-NOTES)."""
+        """End every stream with UNAVAILABLE trailers, then close the server.
+
+        ``Server.close()`` alone cancels the handlers, and a cancelled grpclib handler sends no
+        trailers: the agent would wait on a stream that never ends instead of reconnecting.
+        """
         if self._server is not None:
             await trio_asyncio.aio_as_trio(self._stop)()
             self._server = None

@@ -1,5 +1,5 @@
-"""What the agent accepts from a server (SPEC §7, issue 11): at most 4 MiB per message, read off
-the prefix before the body; anything undecodable or mistyped ends the link with a LinkError.
+"""What the agent accepts from a server, a peer like any other: at most 4 MiB per message, read
+off the prefix before the body; anything undecodable or mistyped ends the link with a LinkError.
 
 Memory under a 200 MB message from a server is measured on a real agent process in
 ``tests/e2e/test_hostile_rss.py``.

@@ -1,4 +1,5 @@
-"""An agent restarted on its state directory tells the truth (SPEC §6), with real processes.
+"""An agent restarted on its state directory tells the truth, with real processes: what it left
+running is stopped and reported, unacknowledged results are re-sent, re-delivered ids refused.
 
 Each command appends a line to a marker file, so the tests know independently what really ran.
 """

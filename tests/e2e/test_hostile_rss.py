@@ -1,7 +1,8 @@
-"""Memory stays bounded under oversized gRPC messages (SPEC §7, issue 11), on real processes.
+"""Memory stays bounded under oversized gRPC messages from a hostile peer, on real processes.
 
-Issue 11 measured a ``fleet-server`` going from 54 MB to 2.15 GB on one refused handshake with a
-300 MB hostname, and a ``fleet-agent`` from 68 MB to 1.48 GB on a 200 MB message from a server.
+Before the size limits, a ``fleet-server`` went from 54 MB to 2.15 GB on one refused handshake
+with a 300 MB hostname, and a ``fleet-agent`` from 68 MB to 1.48 GB on a 200 MB message from a
+server.
 Here the same attacks run against real processes; their peak resident memory (``VmHWM``, reset
 through ``/proc/PID/clear_refs`` just before the attack) must grow by less than 100 MB, and an
 honest batch finishes meanwhile.

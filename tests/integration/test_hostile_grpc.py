@@ -1,4 +1,4 @@
-"""Hostile peers on the gRPC port (SPEC §7, issue 11): size limits, impossible reports, refusals.
+"""Hostile peers on the gRPC port: size limits, impossible reports, refused handshakes.
 
 Each test speaks raw bytes through ``tests.hostile.RawPeer`` and reads the status the server
 ends the stream with. Memory under a 300 MB declared message is measured on a real process in
@@ -143,7 +143,7 @@ async def test_oversized_message_after_the_handshake_ends_the_stream(
 
 
 async def test_four_oversized_streams_at_once(server: Endpoints, client: httpx.AsyncClient) -> None:
-    """Issue 11 measured four 100 MB messages at once at 1.13 GB: each is refused unread."""
+    """Four 100 MB messages together once cost the server 1.13 GB: each is now refused unread."""
     with trio.fail_after(20):
         results: list[tuple[Status, int]] = []
 

@@ -9,13 +9,13 @@
 
 import { ApiError, get, post, serverNow } from "../api.js";
 import { h, replaceChildren, setText } from "../dom.js";
+import { setDraft } from "../draft.js";
 import { Feed } from "../feed.js";
 import {
   GROUPS, batchInfo, commandTitle, fmtDuration, fmtFull, fmtTime, isTerminalBatch, isTerminalChild,
   naturalCompare, parseTime, plural,
 } from "../format.js";
 import { DEFERRED, TaskPanel } from "./panel.js";
-import { setDraft } from "./run.js";
 
 const FRAME_BUDGET_MS = 10;
 const EXPAND_ALL_UP_TO = 24; // larger batches start with panels collapsed (one-line previews)

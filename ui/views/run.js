@@ -1,36 +1,14 @@
 // Run view: pick VPSes (all / by tag / online only), type a command or pick a saved script, run.
 //
-// The VPS list stays live through the fleet-wide feed (/ws/vps). With 500 machines the table is
-// built once and each online/offline change touches one row. The form is kept as a draft
-// (sessionStorage) so leaving the page, or "Run again" from a batch, never loses typing.
+// The VPS list stays live through the fleet-wide feed (../vpsfeed.js). With 500 machines the
+// table is built once and each online/offline change touches one row. The form is kept as a draft
+// (../draft.js) so leaving the page, or "Run again" from a batch, never loses typing.
 
 import { get, post } from "../api.js";
 import { field, h, replaceChildren, setText } from "../dom.js";
-import { Feed } from "../feed.js";
+import { getDraft, setDraft } from "../draft.js";
 import { fmtAgo, fmtFull, naturalCompare, plural } from "../format.js";
-
-const DRAFT_KEY = "fleet.run.draft";
-const EMPTY_DRAFT = { source: "command", command: "", scriptId: "", cwd: "", alias: "", timeout: "", selected: [], onlineOnly: false };
-
-function loadDraft() {
-  try {
-    return { ...EMPTY_DRAFT, ...JSON.parse(sessionStorage.getItem(DRAFT_KEY) || "{}") };
-  } catch {
-    return { ...EMPTY_DRAFT };
-  }
-}
-
-function saveDraft(draft) {
-  try { sessionStorage.setItem(DRAFT_KEY, JSON.stringify(draft)); } catch { /* private mode: keep it in memory */ }
-}
-
-let draft = loadDraft();
-
-/** Prefill the run form (used by "Run again" and "Run this script"). */
-export function setDraft(values) {
-  draft = { ...draft, ...values };
-  saveDraft(draft);
-}
+import { VpsFeed } from "../vpsfeed.js";
 
 export function mount(root, ctx) {
   const view = new RunView(root, ctx);
@@ -44,7 +22,7 @@ class RunView {
     this.ctx = ctx;
     this.vps = new Map(); // id -> item
     this.rows = new Map(); // id -> {tr, check, status, seen, item}
-    this.selected = new Set(draft.selected.map(Number));
+    this.selected = new Set(getDraft().selected.map(Number));
     this.scripts = [];
     this.posting = false;
     this.lastClicked = null;
@@ -53,32 +31,21 @@ class RunView {
   }
 
   start() {
-    this.loadVps();
     this.loadScripts();
-    this.feed = new Feed("/ws/vps", {
-      onMessage: (msg) => {
-        if (msg.type === "VPS_SNAPSHOT" && Array.isArray(msg.vps)) this.setVps(msg.vps);
-        else if (msg.type === "VPS_UPDATE" && msg.vps) this.upsert(msg.vps);
-      },
-      onState: (s) => {
-        if (s.state === "reconnecting" && s.attempt >= 2) this.loadVps(true);
+    this.vpsFeed = new VpsFeed({
+      onList: (list) => this.setVps(list),
+      onChange: (item) => this.upsert(item),
+      onError: (err, quiet) => {
+        if (!quiet || err.status) this.ctx.showError(err, "Could not load the VPS list");
       },
     }).start();
     this.ageTimer = setInterval(() => this.refreshAges(), 30_000);
   }
 
   stop() {
-    this.feed?.stop();
+    this.vpsFeed?.stop();
     clearInterval(this.ageTimer);
     this.saveDraft();
-  }
-
-  async loadVps(quiet = false) {
-    try {
-      this.setVps(await get("/api/vps"));
-    } catch (err) {
-      if (!quiet || err.status) this.ctx.showError(err, "Could not load the VPS list");
-    }
   }
 
   async loadScripts() {
@@ -94,6 +61,7 @@ class RunView {
   // ---- building ----------------------------------------------------------------------------
 
   build() {
+    const draft = getDraft();
     const e = (this.els = {});
     e.count = h("p", { class: "selection-count", testid: "selection-count", attrs: { "aria-live": "polite" } });
     e.filter = h("input", {
@@ -414,7 +382,7 @@ class RunView {
 
   renderScripts() {
     const e = this.els;
-    const current = e.script.value || draft.scriptId;
+    const current = e.script.value || getDraft().scriptId;
     replaceChildren(e.script,
       h("option", { value: "" }, this.scripts.length ? "Choose a script…" : "No saved scripts yet"),
       this.scripts.map((s) => h("option", { value: String(s.id) }, s.name)));
@@ -432,17 +400,16 @@ class RunView {
 
   saveDraft() {
     const e = this.els;
-    draft = {
+    setDraft({
       source: this.source,
       command: e.command.value,
-      scriptId: e.script.value || draft.scriptId,
+      scriptId: e.script.value || getDraft().scriptId,
       cwd: e.cwd.value,
       alias: e.alias.value,
       timeout: e.timeout.value,
       selected: [...this.selected],
       onlineOnly: e.onlineOnly.checked,
-    };
-    saveDraft(draft);
+    });
   }
 
   // ---- submit ------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 import { del, get, post, put } from "../api.js";
 import { field, h, replaceChildren, setText } from "../dom.js";
+import { setDraft } from "../draft.js";
 import { fmtFull, fmtTime, naturalCompare } from "../format.js";
-import { setDraft } from "./run.js";
 
 export function mount(root, ctx, { id }) {
   const view = new ScriptsView(root, ctx, id);

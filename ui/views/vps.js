@@ -1,9 +1,35 @@
 // Machines view: register a VPS (its agent secret is shown once), list and remove VPSes.
+//
+// The list stays live through the fleet-wide feed (../vpsfeed.js). The agent's command line is the
+// one the server answers (agent_command: the address agents really reach, --secret-file, --tls),
+// preceded by the line that stores the secret in the file that command reads.
 
-import { del, get, post } from "../api.js";
+import { del, post } from "../api.js";
 import { field, h, replaceChildren, setText } from "../dom.js";
-import { Feed } from "../feed.js";
 import { fmtAgo, fmtFull, naturalCompare } from "../format.js";
+import { VpsFeed } from "../vpsfeed.js";
+
+const DEFAULT_SECRET_FILE = "/etc/fleet-agent/secret";
+
+/** Quote a word for a POSIX shell (as Python's shlex.quote). */
+export function shellQuote(word) {
+  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", "'\"'\"'")}'`;
+}
+
+/** The file the agent command reads its secret from (its --secret-file), else the README's path. */
+export function secretFile(agentCommand) {
+  const m = /(?:^|\s)--secret-file(?:=|\s+)(?:'([^']*)'|(\S+))/.exec(agentCommand || "");
+  return m ? (m[1] ?? m[2]) : DEFAULT_SECRET_FILE;
+}
+
+/** The shell lines that set up an agent: store the secret (root-only), then start the agent. */
+export function agentSetup(secret, agentCommand) {
+  const path = secretFile(agentCommand);
+  const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) || "/" : ".";
+  const store = `sudo install -d -m 0700 ${shellQuote(dir)} && printf '%s\\n' ${shellQuote(secret)}`
+    + ` | sudo install -m 0600 /dev/stdin ${shellQuote(path)}`;
+  return { store, command: agentCommand };
+}
 
 export function mount(root, ctx) {
   const view = new VpsView(root, ctx);
@@ -41,26 +67,17 @@ class VpsView {
   }
 
   start() {
-    this.load();
-    this.feed = new Feed("/ws/vps", {
-      onMessage: (msg) => {
-        if (msg.type === "VPS_SNAPSHOT" && Array.isArray(msg.vps)) this.setItems(msg.vps);
-        else if (msg.type === "VPS_UPDATE" && msg.vps) { this.items.set(msg.vps.id, msg.vps); this.render(); }
+    this.vpsFeed = new VpsFeed({
+      onList: (list) => this.setItems(list),
+      onChange: (item) => { this.items.set(item.id, item); this.render(); },
+      onError: (err, quiet) => {
+        if (!quiet || err.status) this.ctx.showError(err, "Could not load the VPS list");
       },
-      onState: (s) => { if (s.state === "reconnecting" && s.attempt >= 2) this.load(); },
     }).start();
   }
 
   stop() {
-    this.feed?.stop();
-  }
-
-  async load() {
-    try {
-      this.setItems(await get("/api/vps"));
-    } catch (err) {
-      this.ctx.showError(err, "Could not load the VPS list");
-    }
+    this.vpsFeed?.stop();
   }
 
   setItems(list) {
@@ -101,7 +118,7 @@ class VpsView {
       e.name.value = "";
       e.tags.value = "";
       this.showSecret(res);
-      await this.load();
+      await this.vpsFeed.reload(false);
     } catch (err) {
       this.ctx.showError(err, "The VPS was not added");
     } finally {
@@ -111,8 +128,11 @@ class VpsView {
 
   showSecret(res) {
     const box = this.els.secret;
-    const cmd = `fleet-agent --server ${location.hostname}:50051 --vps-id ${res.id} --secret ${res.agent_secret}`;
-    const code = h("code", { class: "mono", testid: "vps-agent-command" }, cmd);
+    const setup = agentSetup(res.agent_secret, res.agent_command);
+    const cmd = `${setup.store}\n${setup.command}`;
+    const code = h("code", { class: "mono", testid: "vps-agent-command" },
+      h("span", { class: "cmd-line", testid: "vps-agent-secret-line" }, setup.store),
+      h("span", { class: "cmd-line", testid: "vps-agent-run-line" }, setup.command));
     const copy = h("button", {
       type: "button", class: "btn btn-small",
       on: {
@@ -128,7 +148,7 @@ class VpsView {
       : null;
     replaceChildren(box,
       h("p", {}, h("strong", {}, `“${res.name}” is registered (id ${res.id}).`),
-        " Its agent secret is shown only this once. On the VPS, run (adjust the gRPC address if the server listens elsewhere):"),
+        " Its agent secret is shown only this once. On the VPS, store it in a root-only file and start the agent:"),
       install, h("div", { class: "secret-cmd" }, code, copy));
     box.hidden = false;
   }
@@ -144,6 +164,7 @@ class VpsView {
     try {
       await del(`/api/vps/${encodeURIComponent(v.id)}`);
       this.items.delete(v.id);
+      this.vpsFeed.forget(v.id);
       this.render();
       this.ctx.toast(`Removed ${v.name}.`);
     } catch (err) {

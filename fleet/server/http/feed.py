@@ -86,6 +86,10 @@ class FeedHub:
     def has_subscribers(self, topic: str) -> bool:
         return topic in self._topics
 
+    def subscriber_count(self) -> int:
+        """Subscribers of every topic (for the metrics)."""
+        return sum(len(subs) for subs in self._topics.values())
+
     def publish(self, topic: str, event: dict[str, Any]) -> None:
         subs = self._topics.get(topic)
         if not subs:
