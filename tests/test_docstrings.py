@@ -28,10 +28,7 @@ REWRITING = {
     "fleet/agent/journal.py",
     "fleet/agent/link.py",
     "fleet/agent/run.py",
-    "fleet/core/_batch.py",
-    "fleet/core/_status.py",
     "fleet/server/rpc.py",
-    "tests/core/test_properties.py",
 }
 
 

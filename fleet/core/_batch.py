@@ -28,7 +28,7 @@ one heap and decided here:
 
 Agents coming and going are batch-level inputs (``agent_connected``, ``agent_lost``) that the
 batch turns into child events for that VPS's children: an agent that lists the commands it holds
-(SPEC §6, ``open_command_ids_complete``) reconciles every live child at once; one that does not
+(the contract, ``open_command_ids_complete``) reconciles every live child at once; one that does not
 gets the reconnect-grace rules.
 
 Effects tell the owner what to do: ``SendCommand`` (dispatch; again for a child whose agent came
@@ -102,7 +102,7 @@ _FORGOTTEN = (
 
 
 def final_status(children: Iterable[ChildTask], *, user_terminated: bool) -> BatchStatus:
-    """The final status of a batch whose children are all terminal (SPEC §3)."""
+    """The final status of a batch whose children are all terminal."""
     tasks = list(children)
     if user_terminated:
         return B.TERMINATED

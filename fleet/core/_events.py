@@ -163,7 +163,7 @@ class AgentReturned:
 
 @dataclass(frozen=True)
 class Reconciled:
-    """The child's agent (re)connected and listed every command it holds (SPEC §6).
+    """The child's agent (re)connected and listed every command it holds.
 
     ``listed``: this child's command id was in the agent's ``open_command_ids``: the agent has
     it (running, or finished with a result it will re-send). Not listed: the command never

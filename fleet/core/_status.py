@@ -1,4 +1,4 @@
-"""Statuses of a batch and of its per-VPS child tasks (SPEC §3 "Statuses")."""
+"""Statuses of a batch and of its per-VPS child tasks."""
 
 from __future__ import annotations
 

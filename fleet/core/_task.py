@@ -11,7 +11,7 @@ already be on its agent, after a server restart). A pair that is not in the tabl
 terminal status appears as a key, so a terminal status never changes again: a late or
 duplicate result is refused, never applied. The one thing a terminal child still records is a
 result that arrives after the *server* ended it (``AGENT_UNREACHABLE``, or a deadline's
-``FAILURE``): it is kept beside the status as ``agent_reported`` (SPEC §6), the status stays.
+``FAILURE``): it is kept beside the status as ``agent_reported``, the status stays.
 
 Pairs that map a status to itself are legal no-ops that may still update data (an ``Acked``
 that a reconnecting agent repeats, more output while executing, a lost agent while

@@ -164,7 +164,7 @@ class Supervisor:
         is_result = isinstance(payload, pb.BatchCommandResult)
         run = self._owner.get(command_id)
         if run is not None and run.batch.children[command_id].vps_id != session.vps_id:
-            # No honest agent can: its stream ends (SPEC §7), nothing reaches the store.
+            # No honest agent can: its stream ends, nothing reaches the store.
             raise PeerViolation(f"vps={session.vps_id} reported on a command of another VPS")
         if run is None:
             if is_result:

@@ -1,4 +1,4 @@
-"""Agents coming and going (``Batch.agent_lost``, ``Batch.agent_connected``: SPEC §6
+"""Agents coming and going (``Batch.agent_lost``, ``Batch.agent_connected``
 reconciliation, and the reconnect-grace rules for a peer that does not list its commands), and
 ``Batch.resume`` after a server restart."""
 
@@ -175,7 +175,7 @@ def test_a_legacy_agent_leaves_unsent_and_finished_children_alone() -> None:
     assert vars(h.batch) == before
 
 
-# --- reconciliation: an agent that lists every command it holds (SPEC §6) ----------------------
+# --- reconciliation: an agent that lists every command it holds ----------------------
 
 
 @pytest.mark.parametrize("lost", [True, False], ids=["lost", "connected"])
@@ -426,7 +426,7 @@ def test_a_resumed_terminating_child_is_told_again_when_its_agent_is_back() -> N
 def test_a_resumed_terminating_batch_never_sends_a_command(
     open_ids: list[str] | None, stored: ChildStatus
 ) -> None:
-    """SPEC §6: a child not in the agent's list "is dispatched now (or, if its batch is
+    """The contract: a child not in the agent's list "is dispatched now (or, if its batch is
     terminating, ends SKIPPED)". A store can hold a terminating batch with a child not yet
     terminating (the server stopped between writing the batch's TERMINATING and its
     children's new states)."""

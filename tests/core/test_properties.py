@@ -171,7 +171,7 @@ def model_deadline(batch: Batch, task: ChildTask) -> float | None:
 
 
 def expected_final(batch: Batch, *, user_terminated: bool, reached: bool) -> set[BatchStatus]:
-    """SPEC §3's rules, from what the test itself saw happen."""
+    """The batch's status rules, from what the test itself saw happen."""
     if user_terminated:
         return {B.TERMINATED}
     tasks = batch.children.values()
@@ -341,7 +341,7 @@ def check_agents(
     effects: list[Effect],
     connected: tuple[int, list[str] | None] | None,
 ) -> None:
-    """What an agent going or coming back does to its VPS's children (SPEC §6)."""
+    """What an agent going or coming back does to its VPS's children."""
     old_children: dict[str, ChildTask] = before["children"]
     for cid, task in batch.children.items():
         old = old_children[cid]

@@ -69,7 +69,7 @@ _RECONCILED = ("ReconciledListed", "ReconciledUnlisted")
 _SENT = (S.SENT_TO_AGENT, S.AGENT_ACCEPTED, S.EXECUTING)
 _LIVE = (*_SENT, S.TERMINATING)
 
-#: The expected machine, written out from SPEC §3/§6 (independently of CHILD_TRANSITIONS).
+#: The expected machine, written out from the contract (independently of CHILD_TRANSITIONS).
 #: ``None``: the next status depends on the task (``decided``, below).
 EXPECTED: dict[tuple[ChildStatus, str], ChildStatus | None] = {
     (S.PENDING, "Dispatched"): S.SENT_TO_AGENT,
@@ -565,7 +565,7 @@ def test_restore_starts_every_clock_afresh(status: ChildStatus) -> None:
 
 
 def test_a_restored_unreachable_child_still_takes_a_late_result() -> None:
-    """SPEC §6: a result that arrives after a child ended AGENT_UNREACHABLE is kept as
+    """The contract: a result that arrives after a child ended AGENT_UNREACHABLE is kept as
     ``agent_reported``. AGENT_UNREACHABLE is always the server's decision, so this holds after
     the server restarted too (an agent re-sends finished results when it reconnects)."""
     task = ChildTask.restore("c9", 3, "db-3", S.AGENT_UNREACHABLE, error_message="gone")

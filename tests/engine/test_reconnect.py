@@ -1,5 +1,5 @@
 """Agents leaving and coming back at every step of a child's life, and a server restart,
-on trio's virtual clock: reconciliation (SPEC §6) and the reconnect-grace rules."""
+on trio's virtual clock: reconciliation and the reconnect-grace rules."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Storage faults seen through the API: 503 ``storage_unavailable``, never a 500, and the
-server serves again once the fault is gone (SPEC §6)."""
+server serves again once the fault is gone."""
 
 from __future__ import annotations
 

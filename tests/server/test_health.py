@@ -1,5 +1,5 @@
 """Storage faults: classified, retried with a back-off, reported once, recovered from, and a
-store file deleted under the server noticed (SPEC §6)."""
+store file deleted under the server noticed."""
 
 from __future__ import annotations
 
