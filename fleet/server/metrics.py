@@ -25,6 +25,7 @@ trio, so the collector runs on the trio thread and reads the server's state with
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
@@ -269,6 +270,18 @@ def _asgi_app(registry: CollectorRegistry) -> Callable[[_Scope, _Receive, _Send]
     return app
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"--metrics {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
 async def serve_metrics(
     metrics: ServerMetrics,
     host: str,
@@ -280,9 +293,15 @@ async def serve_metrics(
 
     Supports ``nursery.start``: ``started()`` gets the endpoint's URL (the bound port when
     ``port`` is 0). Cancelling it closes the listener.
+
+    Raises:
+        OSError: the address cannot be bound (before ``started()``; the message names it).
     """
+    sock = _listen(host, port)
     config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    # Bound here, so that a taken port is our own one-line error, not one from deep in
+    # Hypercorn's nurseries; Hypercorn owns the socket from now on.
+    config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 1.0
