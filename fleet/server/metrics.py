@@ -28,7 +28,7 @@ import logging
 import socket
 import time
 from collections import Counter as Tally
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -93,9 +93,11 @@ class _StateCollector(Collector):
         state = self.state
         if state is None:
             return
-        yield _gauge("fleet_agents_online", "Agents with a live stream to this server.", None, {
-            "": state.agents_online()
-        })  # fmt: skip
+        yield GaugeMetricFamily(
+            "fleet_agents_online",
+            "Agents with a live stream to this server.",
+            value=state.agents_online(),
+        )
         batches: Tally[str] = Tally({status: 0 for status in _LIVE_BATCH})
         children: Tally[str] = Tally({status.value: 0 for status in core.ChildStatus})
         for batch in state.batches():
@@ -104,26 +106,23 @@ class _StateCollector(Collector):
             batches[batch.status.value] += 1
             for task in batch.children.values():
                 children[task.status.value] += 1
-        yield _gauge(
-            "fleet_running_batches", "Batches this server is running, by status.", "status", batches
+        yield _by_status(
+            "fleet_running_batches", "Batches this server is running, by status.", batches
         )
-        yield _gauge(
+        yield _by_status(
             "fleet_running_children",
             "Children (one VPS's task) of the batches this server is running, by status.",
-            "status",
             children,
         )
-        yield _gauge(
+        yield GaugeMetricFamily(
             "fleet_feed_subscribers",
             "Live feed subscribers (WebSocket clients of a batch or of the VPS list).",
-            None,
-            {"": state.feed_subscribers()},
+            value=state.feed_subscribers(),
         )
-        yield _gauge(
+        yield GaugeMetricFamily(
             "fleet_store_queued_calls",
             "Store calls waiting for the database thread.",
-            None,
-            {"": state.store_queued()},
+            value=state.store_queued(),
         )
         refused, limited = state.handshakes_refused()
         yield CounterMetricFamily(
@@ -138,10 +137,10 @@ class _StateCollector(Collector):
         )
 
 
-def _gauge(name: str, doc: str, label: str | None, values: MutableMapping[str, int]) -> Metric:
-    family = GaugeMetricFamily(name, doc, labels=[label] if label else None)
-    for key, value in values.items():
-        family.add_metric([key] if label else [], value)
+def _by_status(name: str, doc: str, counts: Mapping[str, int]) -> Metric:
+    family = GaugeMetricFamily(name, doc, labels=["status"])
+    for status, count in counts.items():
+        family.add_metric([status], count)
     return family
 
 
