@@ -30,7 +30,6 @@ REWRITING = {
     "fleet/agent/run.py",
     "fleet/core/_batch.py",
     "fleet/core/_status.py",
-    "fleet/server/rpc.py",
     "tests/core/test_properties.py",
 }
 
