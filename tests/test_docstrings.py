@@ -28,7 +28,6 @@ REWRITING = {
     "fleet/agent/journal.py",
     "fleet/agent/link.py",
     "fleet/agent/run.py",
-    "fleet/server/rpc.py",
 }
 
 

@@ -154,6 +154,17 @@ async def _main(config: ServerConfig, lock: DataDirLock) -> None:
             nursery.cancel_scope.cancel(reason="signal")
 
 
+def _only_oserror(group: BaseExceptionGroup[BaseException]) -> OSError | None:
+    """The first error of ``group`` when every error in it is an ``OSError``, else None."""
+    matched, rest = group.split(OSError)
+    if matched is None or rest is not None:
+        return None
+    leaf: BaseException = matched
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf if isinstance(leaf, OSError) else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fleet-server``; returns the exit code."""
     try:
@@ -172,6 +183,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         trio.run(_main, config, lock)
     except OSError as exc:
         print(f"fleet-server: {exc}", file=sys.stderr)
+        return 1
+    except BaseExceptionGroup as group:
+        # A listener that cannot bind fails inside the server's nurseries: still one line.
+        error = _only_oserror(group)
+        if error is None:
+            raise
+        print(f"fleet-server: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # pragma: no cover - a second Ctrl-C during shutdown
         return 130

@@ -25,9 +25,10 @@ trio, so the collector runs on the trio thread and reads the server's state with
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections import Counter as Tally
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -92,9 +93,11 @@ class _StateCollector(Collector):
         state = self.state
         if state is None:
             return
-        yield _gauge("fleet_agents_online", "Agents with a live stream to this server.", None, {
-            "": state.agents_online()
-        })  # fmt: skip
+        yield GaugeMetricFamily(
+            "fleet_agents_online",
+            "Agents with a live stream to this server.",
+            value=state.agents_online(),
+        )
         batches: Tally[str] = Tally({status: 0 for status in _LIVE_BATCH})
         children: Tally[str] = Tally({status.value: 0 for status in core.ChildStatus})
         for batch in state.batches():
@@ -103,26 +106,23 @@ class _StateCollector(Collector):
             batches[batch.status.value] += 1
             for task in batch.children.values():
                 children[task.status.value] += 1
-        yield _gauge(
-            "fleet_running_batches", "Batches this server is running, by status.", "status", batches
+        yield _by_status(
+            "fleet_running_batches", "Batches this server is running, by status.", batches
         )
-        yield _gauge(
+        yield _by_status(
             "fleet_running_children",
             "Children (one VPS's task) of the batches this server is running, by status.",
-            "status",
             children,
         )
-        yield _gauge(
+        yield GaugeMetricFamily(
             "fleet_feed_subscribers",
             "Live feed subscribers (WebSocket clients of a batch or of the VPS list).",
-            None,
-            {"": state.feed_subscribers()},
+            value=state.feed_subscribers(),
         )
-        yield _gauge(
+        yield GaugeMetricFamily(
             "fleet_store_queued_calls",
             "Store calls waiting for the database thread.",
-            None,
-            {"": state.store_queued()},
+            value=state.store_queued(),
         )
         refused, limited = state.handshakes_refused()
         yield CounterMetricFamily(
@@ -137,10 +137,10 @@ class _StateCollector(Collector):
         )
 
 
-def _gauge(name: str, doc: str, label: str | None, values: MutableMapping[str, int]) -> Metric:
-    family = GaugeMetricFamily(name, doc, labels=[label] if label else None)
-    for key, value in values.items():
-        family.add_metric([key] if label else [], value)
+def _by_status(name: str, doc: str, counts: Mapping[str, int]) -> Metric:
+    family = GaugeMetricFamily(name, doc, labels=["status"])
+    for status, count in counts.items():
+        family.add_metric([status], count)
     return family
 
 
@@ -269,6 +269,18 @@ def _asgi_app(registry: CollectorRegistry) -> Callable[[_Scope, _Receive, _Send]
     return app
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"--metrics {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
 async def serve_metrics(
     metrics: ServerMetrics,
     host: str,
@@ -280,9 +292,15 @@ async def serve_metrics(
 
     Supports ``nursery.start``: ``started()`` gets the endpoint's URL (the bound port when
     ``port`` is 0). Cancelling it closes the listener.
+
+    Raises:
+        OSError: the address cannot be bound (before ``started()``; the message names it).
     """
+    sock = _listen(host, port)
     config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    # Bound here, so that a taken port is our own one-line error, not one from deep in
+    # Hypercorn's nurseries; Hypercorn owns the socket from now on.
+    config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 1.0

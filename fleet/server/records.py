@@ -6,9 +6,9 @@ import dataclasses
 import enum
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
-from fleet.core._status import BatchStatus, ChildStatus
+from fleet.core import BatchStatus, ChildStatus
 
 __all__ = [
     "UNSET",
@@ -86,7 +86,6 @@ class BatchRecord:
     child status value present in the batch to its number of children, and is always filled."""
 
     id: str
-    payload: dict[str, Any]
     status: BatchStatus
     execution_alias: str | None
     user_id: str

@@ -2,26 +2,26 @@
 
 This module and ``fleet.agent.link`` are the only ones that touch asyncio. The island is small
 and talks to the trio side only through **synchronous** calls, in both directions, so a message
-never pays for a trio↔asyncio crossing (STACK-NOTES: a crossing costs hundreds of µs):
+never pays for a trio↔asyncio crossing (a crossing costs hundreds of µs):
 
 * receiving: one asyncio handler per stream reads messages and hands each to the synchronous
   ``AgentHooks.message`` (the supervisor's router) on the spot;
 * sending: trio code calls ``session.send(message)``, which puts the message on the stream's
   ``asyncio.Queue`` without blocking; one asyncio writer per stream drains it.
 
-Session rules (SPEC §1): the first message must be ``agent_handshake`` with valid credentials,
+Session rules: the first message must be ``agent_handshake`` with valid credentials,
 answered by ``ServerHandshakeAck`` (refusals are answered, then the stream ends); every later
 message must carry the same ``vps_db_id`` and secret, else the stream is closed; a newer stream
 for the same VPS replaces the older one (``AgentRegistry.attach``).
 
-Hostile peers (SPEC §7): a message is read by ``_receive``, which checks the length in its
+Hostile peers: a message is read by ``_receive``, which checks the length in its
 5-byte gRPC prefix before reading the body (64 KiB until the handshake succeeded, then 4 MiB;
 larger ends the stream RESOURCE_EXHAUSTED), so a peer cannot make the server buffer what it
 declares; the HTTP/2 stream window bounds what it sends unread. Every decoded message is
 checked by ``fleet.server.reports`` before anything else looks at it (INVALID_ARGUMENT), and
 refused handshakes are rate-limited and logged per address (``fleet.server.handshakes``).
 
-Shutdown (STACK-NOTES): grpclib's ``Server.close()`` cancels handlers, and a cancelled handler
+Shutdown: grpclib's ``Server.close()`` cancels handlers, and a cancelled handler
 sends no trailers, which leaves keepalive clients hanging. ``serve`` therefore ends every session
 itself with status UNAVAILABLE, waits (bounded) for the handlers to finish, then closes.
 """
@@ -253,10 +253,11 @@ class RpcServer:
             self._hooks.disconnected(session)
             session.close("session ended")
             if not writer.done():
-                try:
-                    await asyncio.wait_for(asyncio.shield(writer), timeout=2)
-                except (TimeoutError, StreamTerminatedError, ConnectionError):
-                    writer.cancel()
+                # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+                # that arrives as the writer finishes, and grpclib then logs an ERROR traceback
+                # ("Failed to handle cancellation") for every peer that hangs up at that moment.
+                await asyncio.wait({writer}, timeout=2)
+                writer.cancel()
             logger.info("vps=%s peer=%s agent disconnected", session.vps_id, peer)
 
     def _refused(self, key: str, peer: str, why: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,21 @@ async def test_json_logs_and_metrics_of_a_server_process(tmp_path: Path) -> None
         logger == "fleet.server.metrics" and m.startswith("metrics at ") for logger, m in messages
     )
     assert any(m.startswith("received SIGTERM") for _, m in messages)
+
+
+@pytest.mark.parametrize("flag", ["--http", "--grpc", "--metrics"])
+def test_a_taken_port_is_one_line(flag: str, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = subprocess.run(
+            [sys.executable, "-m", "fleet.server", "--http", "127.0.0.1:0", "--grpc",
+             "127.0.0.1:0", "--data-dir", str(tmp_path / "data"), "--log-level", "WARNING",
+             flag, address],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("fleet-server: [Errno 98] ")
+    assert done.stderr.endswith("Address already in use\n")

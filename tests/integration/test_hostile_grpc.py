@@ -7,7 +7,10 @@ ends the stream with. Memory under a 300 MB declared message is measured on a re
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,10 @@ import trio
 from grpclib.const import Status
 
 from fleet.proto import agent_service as pb
+from fleet.server import rpc
+from fleet.server.agents import AgentRegistry, Credentials, PeerViolation, hash_secret
+from fleet.server.config import ServerConfig
+from fleet.server.handshakes import RefusedHandshakes
 from fleet.server.rpc import MAX_HANDSHAKE_BYTES, MAX_MESSAGE_BYTES
 from fleet.server.serve import Endpoints
 from tests.fakeagent import FakeAgent
@@ -159,8 +166,8 @@ async def test_four_oversized_streams_at_once(server: Endpoints, client: httpx.A
         async with trio.open_nursery() as nursery:
             for _ in range(4):
                 nursery.start_soon(one)
-        assert [status for status, _ in results] == [Status.RESOURCE_EXHAUSTED] * 4
-        assert all(sent <= WINDOW for _, sent in results)
+        assert [status for status, _ in results] == [Status.RESOURCE_EXHAUSTED] * 4, results
+        assert all(sent <= WINDOW for _, sent in results), results
 
 
 @pytest.mark.parametrize(
@@ -292,32 +299,105 @@ async def test_a_mistyped_field_is_invalid_not_a_crash(
 # --- refused handshakes -----------------------------------------------------------------------
 
 
+class _CountingCredentials(Credentials):
+    def __init__(self, digests: list[tuple[int, str]]) -> None:
+        super().__init__(digests)
+        self.checked = 0
+
+    def verify(self, vps_id: int, secret: str) -> bool:
+        self.checked += 1
+        return super().verify(vps_id, secret)
+
+
+class _Hooks:
+    """The supervisor's place: records reports; raises PeerViolation for command ``"other"``."""
+
+    def __init__(self) -> None:
+        self.messages: list[pb.MessageToServer] = []
+
+    def connected(self, session: Any, info: Any) -> None:
+        pass
+
+    def message(self, session: Any, message: pb.MessageToServer) -> None:
+        if message.batch_command_result is not None:
+            if message.batch_command_result.command_id == "other":
+                raise PeerViolation("vps=1 reported on command other of another VPS")
+        self.messages.append(message)
+
+    def disconnected(self, session: Any) -> None:
+        pass
+
+
+@dataclass
+class _Island:
+    address: str
+    credentials: _CountingCredentials
+    hooks: _Hooks
+
+
+@pytest.fixture
+async def island(loop: Any, tmp_path: Path) -> AsyncIterator[_Island]:
+    """``rpc.serve`` alone, with a refusal limit of 3 that never refills during a test."""
+    credentials = _CountingCredentials([(1, hash_secret("right"))])
+    hooks = _Hooks()
+    serve = functools.partial(
+        rpc.serve,
+        ServerConfig.for_test(tmp_path),
+        credentials,
+        AgentRegistry(),
+        hooks,
+        refusals=RefusedHandshakes(burst=3, per_minute=1e-9),
+    )
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve)
+        yield _Island(f"127.0.0.1:{port}", credentials, hooks)
+        nursery.cancel_scope.cancel()
+
+
+async def _try(address: str, data: bytes) -> Status | bool:
+    """Send ``data`` as a first message: the handshake answer, or the status without one."""
+    peer = RawPeer(address)
+    await peer.open()
+    await peer.send(data)
+    reply = await peer.receive()
+    try:
+        if reply is not None and reply.server_handshake_ack is not None:
+            await peer.end()
+            return reply.server_handshake_ack.authentication_successful
+        return (await peer.status())[0]
+    finally:
+        await peer.close()
+
+
 async def test_refused_handshakes_are_rate_limited_and_logged_once(
-    server: Endpoints, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    island: _Island, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="fleet.server")
-    with trio.fail_after(30):
-        vps = await add_vps(client, "a")
-        answers: list[Status | bool] = []
-        for _ in range(25):
-            peer = RawPeer(server.grpc_address)
-            await peer.open()
-            await peer.send(handshake(vps["id"], "wrong"))
-            reply = await peer.receive()
-            if reply is not None and reply.server_handshake_ack is not None:
-                answers.append(reply.server_handshake_ack.authentication_successful)
-                await peer.end()
-            else:
-                answers.append((await peer.status())[0])
-            await peer.close()
-        # The burst (20) is examined and refused; beyond it, answered at once without work.
-        assert answers[:20] == [False] * 20
-        assert answers[20:] == [Status.RESOURCE_EXHAUSTED] * 5
-        refusals = [r for r in caplog.records if "refused" in r.getMessage()]
-        assert len(refusals) == 1, [r.getMessage() for r in refusals]
+    with trio.fail_after(20):
+        answers = [await _try(island.address, handshake(1, "wrong")) for _ in range(6)]
+        # The burst (3) is examined and refused; beyond it, answered at once without work.
+        assert answers == [False] * 3 + [Status.RESOURCE_EXHAUSTED] * 3
+        assert island.credentials.checked == 3
+        refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert len(refusals) == 1, refusals
         # A limited address is limited for everyone behind it, honest or not, until it refills.
-        peer = RawPeer(server.grpc_address)
+        assert await _try(island.address, handshake(1, "right")) is Status.RESOURCE_EXHAUSTED
+        assert island.credentials.checked == 3
+
+
+async def test_a_peer_violation_ends_the_stream(island: _Island) -> None:
+    """The supervisor raises PeerViolation for a report on another VPS's command."""
+    with trio.fail_after(10):
+        peer = RawPeer(island.address)
         await peer.open()
-        await peer.send(handshake(vps["id"], vps["agent_secret"]))
-        assert (await peer.status())[0] is Status.RESOURCE_EXHAUSTED
+        await peer.send(handshake(1, "right"))
+        assert await peer.receive() is not None
+        ok = pb.BatchCommandResult(command_id="mine", status=1)
+        other = pb.BatchCommandResult(command_id="other", status=1)
+        await peer.send(message(1, "right", batch_command_result=ok))
+        await peer.send(message(1, "right", batch_command_result=other))
+        status, text = await peer.status()
+        assert status is Status.INVALID_ARGUMENT
+        assert "another VPS" in text
         await peer.close()
+        assert [m.batch_command_result.command_id for m in island.hooks.messages] == ["mine"]

@@ -52,7 +52,6 @@ class BatchStore(StoreBase):
     ) -> BatchRecord:
         return BatchRecord(
             id=b.id,
-            payload=json.loads(json.dumps(b.original_request_payload)),  # plain, untracked
             status=BatchStatus(b.status),
             execution_alias=b.execution_alias,
             user_id=b.user_id,
