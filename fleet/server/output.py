@@ -12,7 +12,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .logs import STREAMS, LogSink, Written
+from fleet.core import STREAMS
+
+from .logs import LogSink, Written
 from .store import ChildRecord
 
 __all__ = ["BatchOutput"]

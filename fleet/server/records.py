@@ -6,7 +6,7 @@ import dataclasses
 import enum
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 from fleet.core import BatchStatus, ChildStatus
 

@@ -169,7 +169,6 @@ def make_batch(
         )
     return BatchRecord(
         id=batch_id,
-        payload={},
         status=status,
         execution_alias=None,
         user_id="admin",
