@@ -133,7 +133,8 @@ class Journal:
         """Record an accepted command, durably (call before its process starts). Raises OSError."""
         with self._lock:
             self.state.apply({"t": "a", "id": command_id})
-            self._append({"t": "a", "id": command_id}, sync=True)
+            pending = self._append({"t": "a", "id": command_id}, sync=True)
+        _sync(pending)
 
     def started(self, command_id: str, process: ProcessInfo) -> None:
         """Record the command's process (not fsynced: see the module docstring)."""
@@ -153,8 +154,10 @@ class Journal:
             dropped = self._over_cap()
             for old in dropped:
                 self.state.apply({"t": "d", "id": old})
-            self._append(record, sync=True, extra=[{"t": "d", "id": old} for old in dropped])
-            return dropped
+            extra = [{"t": "d", "id": old} for old in dropped]
+            pending = self._append(record, sync=True, extra=extra)
+        _sync(pending)
+        return dropped
 
     def acknowledge(self, command_id: str) -> None:
         """The server stored the result: forget the command (not fsynced)."""
@@ -180,19 +183,24 @@ class Journal:
 
     def _append(
         self, record: dict[str, Any], *, sync: bool, extra: Sequence[dict[str, Any]] = ()
-    ) -> None:
+    ) -> int:
         """Append records already applied to the state. Raises OSError.
+
+        Returns a descriptor for the caller to fsync *after* releasing the lock (then close),
+        or -1 when nothing is left to sync. Syncing outside the lock lets the fsyncs of
+        concurrent commands overlap (the filesystem commits them together); a compaction
+        meanwhile is harmless, since the new file holds the record and is fsynced itself.
 
         After a failed write the file may end in a partial record, so the next append rewrites
         the whole file from the state instead (which also recovers once space returns).
         """
         if not self.durable:
-            return
+            return -1
         if self._fd < 0:
             raise OSError(errno.EBADF, "the journal is closed")
         if self._damaged:
             self._compact()
-            return
+            return -1
         data = encode(record) + b"".join(encode(item) for item in extra)
         self._damaged = True
         written = os.write(self._fd, data)
@@ -203,7 +211,8 @@ class Journal:
         if self._size > 2 * self._snapshot_size + COMPACT_SLACK_BYTES:
             self._compact()  # fsyncs the new file
         elif sync:
-            os.fsync(self._fd)
+            return os.dup(self._fd)
+        return -1
 
     def _compact(self) -> None:
         data = b"".join(encode(record) for record in self.state.snapshot())
@@ -282,6 +291,16 @@ class Journal:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+
+
+def _sync(fd: int) -> None:
+    """fsync and close a descriptor ``_append`` returned (nothing for -1)."""
+    if fd < 0:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -48,6 +48,9 @@ async def run_agents(
         if ids and all(services.registry.is_online(i) for i in ids):
             all_online.set()
 
+    # Each demo agent keeps its journal here, like a real one in /var/lib/fleet-agent.
+    journals = (config.data_dir / "demo-agents").absolute()
+    await trio.Path(journals).mkdir(mode=0o700, exist_ok=True)
     async with trio.open_nursery() as nursery:
         with services.registry.subscribe(check):
             for i in range(1, config.demo + 1):
@@ -61,6 +64,7 @@ async def run_agents(
                     # With --tls-cert, a demo agent trusts that certificate (self-signed is fine).
                     tls=config.tls,
                     ca_file=config.tls_cert,
+                    state_dir=journals / f"vps-{vps_id}",
                 )
                 nursery.start_soon(run_agent, agent)
             check(0, True)

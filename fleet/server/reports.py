@@ -100,12 +100,15 @@ def check_report(message: pb.MessageToServer) -> None:
         if payload.pid < 0:
             raise InvalidReport(f"{name}.pid", "a process id is never negative")
         _check_timestamp(name, payload.timestamp)
+    elif isinstance(payload, pb.AgentHandshake):
+        for command_id in payload.open_command_ids:
+            _check_id(name, command_id, "open_command_ids")
 
 
-def _check_id(payload: str, command_id: str) -> None:
+def _check_id(payload: str, command_id: str, field: str = "command_id") -> None:
     if not valid_command_id(command_id):
         raise InvalidReport(
-            f"{payload}.command_id",
+            f"{payload}.{field}",
             f"not a command id this server generates ({len(command_id)} characters)",
         )
 

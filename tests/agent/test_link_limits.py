@@ -7,8 +7,11 @@ Memory under a 200 MB message from a server is measured on a real agent process 
 
 from __future__ import annotations
 
+import functools
 import itertools
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +22,7 @@ from hypothesis import strategies as st
 
 from fleet.agent.config import AgentConfig
 from fleet.agent.link import MAX_MESSAGE_BYTES, LinkError, open_link
+from fleet.agent.run import run_agent
 from fleet.proto import agent_service as pb
 from tests.protofuzz import to_agent
 
@@ -158,3 +162,68 @@ messages = st.builds(
 )
 def test_fuzzed_server_bytes_end_the_link_cleanly(data: bytes) -> None:
     _fuzz_once(data)
+
+
+# --- Hypothesis: whatever a server sends, a running agent survives and reconnects --------------
+
+
+def _agent_survives(data: bytes) -> None:
+    """A real agent (``--no-exec``: it must never run what a fuzzer wrote) gets ``data`` after
+    its handshake; it must come back on a second connection, whatever the first did to it."""
+
+    async def main(state: Path) -> None:
+        async with trio_asyncio.open_loop():
+            server = HostileServer([Script(data), Script(end=False)])
+            await server.start()
+            config = AgentConfig.for_test(server.address, no_exec=True, state_dir=state)
+            try:
+                with trio.fail_after(10):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(functools.partial(run_agent, config))
+                        await server.wait_connections(2)
+                        nursery.cancel_scope.cancel()
+            finally:
+                await server.stop()
+
+    with tempfile.TemporaryDirectory() as state:
+        trio.run(main, Path(state) / "state")
+
+
+ids = st.one_of(st.text(max_size=60), st.sampled_from(["", "../x", "a\nb", "x" * 5000]))
+commands = st.one_of(
+    st.builds(
+        pb.BatchAgentCommandRequest,
+        command_id=ids,
+        type=st.integers(0, 2**31 - 1),
+        content=st.text(max_size=100),
+        working_directory=st.text(max_size=30),
+        timeout_seconds=st.integers(0, 2**32 - 1),
+    ).map(lambda p: pb.MessageToAgent(batch_agent_command_request=p)),
+    st.builds(pb.BatchTerminateCommandRequest, command_id=ids).map(
+        lambda p: pb.MessageToAgent(batch_terminate_command_request=p)
+    ),
+    st.builds(pb.BatchResultAck, command_id=ids).map(
+        lambda p: pb.MessageToAgent(batch_result_ack=p)
+    ),
+    st.builds(pb.ServerHandshakeAck, authentication_successful=st.booleans()).map(
+        lambda p: pb.MessageToAgent(server_handshake_ack=p)
+    ),
+)
+
+
+@settings(
+    max_examples=40,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    st.lists(
+        st.one_of(commands.map(lambda m: frame(bytes(m))), to_agent.map(frame)),
+        min_size=1,
+        max_size=6,
+    ).map(b"".join)
+)
+def test_fuzzed_server_messages_leave_the_agent_running(data: bytes) -> None:
+    _agent_survives(data)

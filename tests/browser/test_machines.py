@@ -59,6 +59,7 @@ class Agent:
         self.argv = [
             sys.executable, "-m", "fleet.agent", "--server", grpc_address(server),
             "--vps-id", str(vps["id"]), "--secret-file", str(secret),
+            "--state-dir", str(tmp / "agent-state"),
         ]  # fmt: skip
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
         self.process: subprocess.Popen[bytes] | None = None

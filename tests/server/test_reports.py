@@ -55,7 +55,11 @@ POSSIBLE = {
     "a short id of another scheme": _msg(
         batch_command_started=pb.BatchCommandStarted(command_id="cmd_42-A", pid=1)
     ),
-    "handshake": _msg(agent_handshake=pb.AgentHandshake(hostname="h", os_type=99)),
+    "handshake": _msg(
+        agent_handshake=pb.AgentHandshake(
+            hostname="h", os_type=99, open_command_ids=[CID], open_command_ids_complete=True
+        )
+    ),
     "no payload": _msg(),
 }
 
@@ -87,6 +91,10 @@ IMPOSSIBLE = {
         "reason",
     ),
     "negative timestamp": (_out(timestamp=-1), "timestamp"),
+    "open command id of another shape": (
+        _msg(agent_handshake=pb.AgentHandshake(open_command_ids=[CID, "a b"])),
+        "open_command_ids",
+    ),
     "timestamp after 9999": (
         _msg(batch_command_ack=pb.BatchCommandAck(command_id=CID, timestamp=MAX_TIMESTAMP_MS + 1)),
         "timestamp",
