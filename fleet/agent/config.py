@@ -231,7 +231,10 @@ class AgentConfig:
         if self.metrics is None:
             return None
         text = f"127.0.0.1:{self.metrics}" if self.metrics.isdigit() else self.metrics
+        host, _, port = text.rpartition(":")
         try:
+            if port == "0":  # any free port (the agent logs the one it got)
+                return parse_server_address(f"{host}:1")[0], 0
             return parse_server_address(text)
         except ConfigError:
             raise ConfigError(f"metrics must be HOST:PORT or PORT, got {self.metrics!r}") from None

@@ -71,6 +71,7 @@ def test_metrics_setting() -> None:
     assert base.metrics_endpoint is None  # off by default
     assert base.replace(metrics="9471").metrics_endpoint == ("127.0.0.1", 9471)
     assert base.replace(metrics="[::1]:9471").metrics_endpoint == ("::1", 9471)
+    assert base.replace(metrics="127.0.0.1:0").metrics_endpoint == ("127.0.0.1", 0)
     for bad in ("nope", "99999", "host:"):
         with pytest.raises(ConfigError, match="metrics must be HOST:PORT or PORT"):
             base.replace(metrics=bad)
