@@ -15,6 +15,7 @@ direction only; no import cycles):
    ``fleet.server.store`` (Pony, by noun), ``fleet.server.dbthread``, ``fleet.server.logs``,
    ``fleet.server.reports`` (what an agent may report), ``fleet.server.handshakes``,
    ``fleet.server.http.feed`` (the publish/subscribe hub), ``fleet.server.http.openapi``,
+   ``fleet.server.http.openapi_parts``, ``fleet.server.http.openapi_batches``,
    ``fleet.server.reports`` (what an agent may report), ``fleet.server.metrics`` (Prometheus),
    ``fleet.server.datadir`` (the data directory's lock and file modes)
 4. ``fleet.server.views`` (JSON shapes), ``fleet.server.writeback``,
@@ -22,7 +23,7 @@ direction only; no import cycles):
 5. ``fleet.server.batchrun``
 6. ``fleet.server.supervisor``
 7. ``fleet.server.rpc`` (gRPC), ``fleet.server.http.common`` (what every route shares),
-   ``fleet.server.http.auth``
+   ``fleet.server.http.auth``, ``fleet.server.http.csrf`` (cookie writes from this origin only)
 8. ``fleet.server.http.routes_ui``, ``fleet.server.http.routes_vps``,
    ``fleet.server.http.routes_scripts``, ``fleet.server.http.routes_batches``
 9. ``fleet.server.http.app`` (the Quart-Trio app: middleware, error handlers)

@@ -79,7 +79,7 @@ class ServerConfig:
     terminate_confirm_s: float = 15.0
     result_slack_s: float = 60.0
     handshake_timeout_s: float = 10.0
-    #: A request body not fully received within this is answered 408 (SPEC §7: 30 s).
+    #: A request body not fully received within this is answered 408 (30 s).
     body_timeout_s: float = 30.0
     flush_interval_s: float = 0.1
     keepalive_s: float = 20.0

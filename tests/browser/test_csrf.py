@@ -1,11 +1,11 @@
-"""Cross-site request forgery in real Chromium (issue 11, SPEC §7).
+"""Cross-site request forgery in real Chromium.
 
 A browser logged in to the UI opens a page served from *another port of the same host*: the
 same site, so ``SameSite=Strict`` still sends the session cookie. That page tries every way a
 page can write without the server's consent: an auto-submitted ``text/plain`` form (the attack
-of issue 11), ``fetch`` in ``no-cors`` mode, ``fetch`` asking for JSON (a CORS preflight the
-server never grants), and a WebSocket. Nothing runs: no batch is created, the marker file the
-command would write never appears, and the UI itself still works.
+once seen to run a command), ``fetch`` in ``no-cors`` mode, ``fetch`` asking for JSON (a CORS
+preflight the server never grants), and a WebSocket. Nothing runs: no batch is created, the
+marker file the command would write never appears, and the UI itself still works.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Issue 11, HTTP side: forged browser writes, 500s from bad input, slow bodies, log lines,
-``Allow`` (SPEC §7). Each test names the finding it guards."""
+"""Hostile HTTP input: forged browser writes, 500s from bad input, slow bodies, log lines,
+``Allow``, and an OpenAPI document exactly as strict as the server."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ async def test_cookie_writes_must_be_json_from_this_origin(
         own = server.http_url
         port = int(own.rsplit(":", 1)[1])
         async with _cookie_client(server) as browser:
-            # The attack of issue 11: a text/plain form auto-submitted from a sibling port.
+            # The attack once seen to work: a text/plain form auto-submitted from a sibling port.
             sibling = f"http://127.0.0.1:{port + 1}"
             for content_type in (
                 "text/plain",
@@ -240,7 +240,7 @@ async def test_nan_and_infinity_are_not_json(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize("server_config", [{"body_timeout_s": 0.3}], indirect=True)
 async def test_a_body_slower_than_the_timeout_is_408(server: Endpoints) -> None:
-    assert server.services.config.body_timeout_s == 0.3  # 30 s by default (SPEC §7)
+    assert server.services.config.body_timeout_s == 0.3  # 30 s by default
     host, port = server.http_url.removeprefix("http://").rsplit(":", 1)
     with trio.fail_after(10):
         stream = await trio.open_tcp_stream(host, int(port))

@@ -73,7 +73,7 @@ def create_app(services: Services) -> QuartTrio:
         if token_ok(services, presented_token(request.headers, request.cookies)):
             if not _has_bearer(request.headers):
                 # Authenticated by the session cookie: refuse what another page could have
-                # sent (SPEC §7; csrf explains why). Bearer requests need no such check.
+                # sent (csrf explains why). Bearer requests need no such check.
                 check_cookie_write(request, public_url=services.config.public_url)
             return None
         return error_response(401, "unauthorized", "a valid API token is required")

@@ -69,7 +69,7 @@ def json_response(data: Any, status: int = 200) -> Response:
     return Response(json.dumps(data), status=status, content_type="application/json")
 
 
-#: A number (JSON or query) of more digits than this is refused with 422 (SPEC §7): no id,
+#: A number (JSON or query) of more digits than this is refused with 422: no id,
 #: count or duration needs more, and Python's int conversion limit (4,300 digits) never shows.
 MAX_DIGITS = 20
 

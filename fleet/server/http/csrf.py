@@ -1,4 +1,4 @@
-"""Cross-site request forgery: what a cookie-authenticated request must show (SPEC §7).
+"""Cross-site request forgery: what a cookie-authenticated request must show.
 
 A browser attaches the session cookie to requests that another page makes: a form on a sibling
 port or subdomain is *same-site*, so ``SameSite=Strict`` lets it through. Two checks close that:

@@ -2,7 +2,7 @@
 
 ``BatchCreate`` states ``core.validate_batch_request``'s rules: exactly one of
 ``command_content`` and ``script_id`` (``null`` or ``""`` count as absent), ids as positive
-32-bit integers or their digit strings, no extra field. Batch options (SPEC §8) are added to
+32-bit integers or their digit strings, no extra field. Batch options (rollouts) are added to
 ``BatchCreate`` here, next to their checks in ``fleet.core``.
 """
 

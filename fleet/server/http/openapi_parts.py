@@ -56,7 +56,7 @@ _ERRORS = {
 }
 #: What a create or an update may also get: the name is taken.
 CONFLICT = {"409": _error("That name is taken")}
-#: What a write authenticated by the session cookie may also get (CSRF, SPEC §7).
+#: What a write authenticated by the session cookie may also get (CSRF).
 _WRITE_ERRORS = {
     "403": _error("Cookie-authenticated write without this server's own Origin"),
     "415": _error("Cookie-authenticated write without Content-Type: application/json"),
