@@ -84,7 +84,7 @@ LAYERS: list[list[str]] = [
         "fleet.server.http.common",
         "fleet.server.http.auth",
         "fleet.server.http.csrf",
-    ],  # fmt: skip
+    ],
     [
         "fleet.server.http.routes_ui",
         "fleet.server.http.routes_vps",
