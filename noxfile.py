@@ -51,6 +51,20 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def fuzz(session: nox.Session) -> None:
+    """schemathesis (every check) against a live server: a longer run than ``nox -s tests``'.
+
+    ``nox -s fuzz -- 2000 7`` picks the examples per operation and the seed.
+    """
+    session.install("-e", ".[dev]")
+    examples, seed = [*session.posargs, "300", "20261130"][:2]
+    session.env.update(
+        SCHEMATHESIS_MAX_EXAMPLES=examples, SCHEMATHESIS_SEED=seed, SCHEMATHESIS_TIMEOUT="3600"
+    )
+    session.run("pytest", "-q", "-s", "tests/fuzz")
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")

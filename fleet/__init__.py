@@ -14,6 +14,7 @@ direction only; no import cycles):
 3. ``fleet.server.config``, ``fleet.server.agents``, ``fleet.server.records`` (plain records),
    ``fleet.server.store`` (Pony, by noun), ``fleet.server.dbthread``, ``fleet.server.logs``,
    ``fleet.server.http.feed`` (the publish/subscribe hub), ``fleet.server.http.openapi``,
+   ``fleet.server.http.openapi_parts``, ``fleet.server.http.openapi_batches``,
    ``fleet.server.reports`` (what an agent may report), ``fleet.server.metrics`` (Prometheus),
    ``fleet.server.datadir`` (the data directory's lock and file modes), ``fleet.server.clock``
    (trio time ↔ wall-clock time), ``fleet.server.health`` (whether the store takes writes)
@@ -23,7 +24,7 @@ direction only; no import cycles):
 5. ``fleet.server.batchrun``
 6. ``fleet.server.supervisor``
 7. ``fleet.server.rpc`` (gRPC), ``fleet.server.http.common`` (what every route shares),
-   ``fleet.server.http.auth``
+   ``fleet.server.http.auth``, ``fleet.server.http.csrf`` (cookie writes from this origin only)
 8. ``fleet.server.http.routes_ui``, ``fleet.server.http.routes_vps``,
    ``fleet.server.http.routes_scripts``, ``fleet.server.http.routes_batches``
 9. ``fleet.server.http.app`` (the Quart-Trio app: middleware, error handlers)

@@ -14,14 +14,40 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import datetime, timezone
 from typing import TextIO
 
-__all__ = ["FORMATS", "JsonFormatter", "configure"]
+__all__ = ["FORMATS", "JsonFormatter", "TextFormatter", "configure", "escape_controls"]
 
 #: The values of ``--log-format``.
 FORMATS = ("text", "json")
+
+# C0 and C1 controls, DEL and the Unicode line/paragraph separators: what could end a log line
+# early or drive a terminal.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as its Python escape (``\\n``, ``\\x1b``)."""
+    return _CONTROLS.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+class TextFormatter(logging.Formatter):
+    """A ``%``-style text formatter whose message is always one line.
+
+    Control characters in the message (a client's ``%0A`` in a logged path, an agent's hostname)
+    are escaped, so no input can forge a log line or reach the terminal as escape sequences.
+    A traceback still follows on lines of its own.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        if not _CONTROLS.search(record.message):
+            return super().formatMessage(record)
+        safe = logging.makeLogRecord(record.__dict__)
+        safe.message = escape_controls(record.message)
+        return super().formatMessage(safe)
 
 
 class JsonFormatter(logging.Formatter):
@@ -58,7 +84,5 @@ def configure(
     if log_format not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {log_format!r}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if log_format == "json" else logging.Formatter(text_format)
-    )
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(text_format))
     logging.basicConfig(level=level, handlers=[handler])

@@ -70,6 +70,8 @@ LAYERS: list[list[str]] = [
         "fleet.server.logs",
         "fleet.server.http.feed",
         "fleet.server.http.openapi",
+        "fleet.server.http.openapi_parts",
+        "fleet.server.http.openapi_batches",
         "fleet.server.reports",
         "fleet.server.metrics",
         "fleet.server.datadir",
@@ -84,7 +86,12 @@ LAYERS: list[list[str]] = [
     ],
     ["fleet.server.batchrun"],
     ["fleet.server.supervisor"],
-    ["fleet.server.rpc", "fleet.server.http.common", "fleet.server.http.auth"],
+    [
+        "fleet.server.rpc",
+        "fleet.server.http.common",
+        "fleet.server.http.auth",
+        "fleet.server.http.csrf",
+    ],
     [
         "fleet.server.http.routes_ui",
         "fleet.server.http.routes_vps",

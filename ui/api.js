@@ -55,10 +55,10 @@ export async function api(method, path, body, { auth = true, signal } = {}) {
     headers: { Accept: "application/json" },
     signal,
   };
-  if (body !== undefined) {
-    init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
-  }
+  // Every write says JSON, body or not: the server refuses a cookie-authenticated write
+  // without it (a cross-site form cannot send it; see the README's CSRF note).
+  if (method !== "GET" && method !== "HEAD") init.headers["Content-Type"] = "application/json";
+  if (body !== undefined) init.body = JSON.stringify(body);
   let resp;
   try {
     resp = await fetch(path, init);

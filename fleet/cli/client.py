@@ -94,7 +94,7 @@ class ApiError(ClientError):
         self.code = code
         self.detail = detail
         text = describe_detail(detail) or code
-        super().__init__(f"invalid request: {text}" if status in (400, 422) else text)
+        super().__init__(f"invalid request: {text}" if status in (400, 409, 422) else text)
 
     @property
     def exit_code(self) -> int:  # type: ignore[override]

@@ -11,6 +11,7 @@ from ._batch import BATCH_TRANSITIONS as BATCH_TRANSITIONS
 from ._batch import Batch as Batch
 from ._batch import BatchTimers as BatchTimers
 from ._batch import final_status as final_status
+from ._errors import Conflict as Conflict
 from ._errors import FleetError as FleetError
 from ._errors import InvalidTransition as InvalidTransition
 from ._errors import NotFound as NotFound
@@ -39,9 +40,20 @@ from ._output import STREAMS as STREAMS
 from ._output import Accepted as Accepted
 from ._output import OutputSummary as OutputSummary
 from ._output import StreamCursor as StreamCursor
+from ._request import ID_PATTERN as ID_PATTERN
+from ._request import MAX_ALIAS as MAX_ALIAS
 from ._request import MAX_COMMAND_BYTES as MAX_COMMAND_BYTES
+from ._request import MAX_DESCRIPTION as MAX_DESCRIPTION
+from ._request import MAX_ID_DIGITS as MAX_ID_DIGITS
+from ._request import MAX_NAME as MAX_NAME
+from ._request import MAX_PATH as MAX_PATH
+from ._request import MAX_TAG as MAX_TAG
+from ._request import MAX_TAGS as MAX_TAGS
 from ._request import MAX_TARGETS as MAX_TARGETS
 from ._request import MAX_TIMEOUT_S as MAX_TIMEOUT_S
+from ._request import NAME_PATTERN as NAME_PATTERN
+from ._request import TAG_PATTERN as TAG_PATTERN
+from ._request import TEXT_PATTERN as TEXT_PATTERN
 from ._request import BatchRequest as BatchRequest
 from ._request import check_references as check_references
 from ._request import parse_id as parse_id
@@ -57,10 +69,21 @@ from ._task import ChildTask as ChildTask
 __all__ = [
     "BATCH_TRANSITIONS",
     "CHILD_TRANSITIONS",
+    "ID_PATTERN",
+    "MAX_ALIAS",
     "MAX_COMMAND_BYTES",
+    "MAX_DESCRIPTION",
+    "MAX_ID_DIGITS",
+    "MAX_NAME",
+    "MAX_PATH",
+    "MAX_TAG",
+    "MAX_TAGS",
     "MAX_TARGETS",
     "MAX_TIMEOUT_S",
+    "NAME_PATTERN",
     "STREAMS",
+    "TAG_PATTERN",
+    "TEXT_PATTERN",
     "Accepted",
     "Acked",
     "AgentLost",
@@ -75,6 +98,7 @@ __all__ = [
     "ChildEvent",
     "ChildStatus",
     "ChildTask",
+    "Conflict",
     "Dispatched",
     "Effect",
     "Event",

@@ -5,6 +5,7 @@
     FleetError
      ├── InvalidTransition      an event that the current status does not accept (409)
      ├── ValidationError        a request body that does not describe a valid request (422)
+     │    └── Conflict          valid, but clashes with what exists: a taken name (409)
      └── NotFound               an id that names nothing (404)
 
 Each class carries ``http_status``: a hint for the HTTP edge, like h11's ``error_status_hint``.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FleetError", "InvalidTransition", "NotFound", "ValidationError"]
+__all__ = ["Conflict", "FleetError", "InvalidTransition", "NotFound", "ValidationError"]
 
 
 class FleetError(Exception):
@@ -48,6 +49,13 @@ class ValidationError(FleetError):
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         super().__init__("; ".join(f"{e['field']}: {e['reason']}" for e in errors))
         self.errors = errors
+
+
+class Conflict(ValidationError):
+    """A valid request that clashes with what exists (a name already taken)."""
+
+    http_status = 409
+    code = "conflict"
 
 
 class NotFound(FleetError):

@@ -8,6 +8,7 @@ need the store (do the targets exist? does the script?) take what the store know
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +16,20 @@ from typing import Any
 from ._errors import ValidationError
 
 __all__ = [
+    "ID_PATTERN",
+    "MAX_ALIAS",
     "MAX_COMMAND_BYTES",
+    "MAX_DESCRIPTION",
+    "MAX_ID_DIGITS",
+    "MAX_NAME",
+    "MAX_PATH",
+    "MAX_TAG",
+    "MAX_TAGS",
     "MAX_TARGETS",
     "MAX_TIMEOUT_S",
+    "NAME_PATTERN",
+    "TAG_PATTERN",
+    "TEXT_PATTERN",
     "BatchRequest",
     "check_references",
     "parse_id",
@@ -31,6 +43,48 @@ MAX_TARGETS = 10_000
 MAX_TIMEOUT_S = 7 * 24 * 3600
 MAX_ALIAS = 200
 MAX_PATH = 4096
+MAX_NAME = 100
+MAX_TAGS = 32
+MAX_TAG = 64
+MAX_DESCRIPTION = 2000
+
+# The rules below are regular expressions so that the OpenAPI document states them exactly
+# (``pattern``, an ECMA-262 regex that Python's ``re`` reads the same way): the server and its
+# schema refuse the same strings. Python's ``\s`` also matches U+001C-U+001F, which every pattern
+# excludes explicitly, so the two engines agree.
+_CONTROLS = "\\x00-\\x1f\\x7f-\\x9f"
+#: A name: no control character, at least one that is not a space (surrounding spaces are
+#: trimmed).
+NAME_PATTERN = f"^[^{_CONTROLS}]*[^\\s{_CONTROLS}][^{_CONTROLS}]*$"
+_SPACE = "[\\s\\x1c-\\x1f]*"
+#: A tag as sent: 1 to 64 characters, none a space or a control character, plus surrounding
+#: spaces (trimmed); a blank tag is dropped.
+TAG_PATTERN = f"^{_SPACE}([^\\s{_CONTROLS}]{{1,{MAX_TAG}}}{_SPACE})?$"
+#: Text that must not be blank (a command, a script): no NUL, one character that is no space.
+TEXT_PATTERN = "^[^\\x00]*[^\\s\\x00-\\x1f][^\\x00]*$"
+
+
+def _int32_digits() -> str:
+    """A regex for the decimal numbers 1 … 2**31 - 1, without leading zeros."""
+    top = str(2**31 - 1)
+    branches = [f"[1-9][0-9]{{0,{len(top) - 2}}}"]
+    for i, digit in enumerate(top):
+        if digit == "0":
+            continue
+        rest = len(top) - i - 1
+        low = "1" if i == 0 else "0"
+        if int(digit) - 1 >= int(low):
+            upper = str(int(digit) - 1)
+            cls = upper if upper == low else f"[{low}-{upper}]"
+            branches.append(f"{top[:i]}{cls}" + (f"[0-9]{{{rest}}}" if rest else ""))
+    branches.append(top)
+    return "^(" + "|".join(branches) + ")$"
+
+
+#: An id as a string: a positive 32-bit integer in decimal (leading zeros allowed), at most
+#: ``MAX_ID_DIGITS`` characters.
+ID_PATTERN = "^0*" + _int32_digits()[1:]
+MAX_ID_DIGITS = 10
 
 _FIELDS = frozenset(
     {
@@ -57,14 +111,13 @@ class BatchRequest:
 
 
 def parse_id(value: object) -> int | None:
-    """An id given as a positive integer or a string of digits, else ``None``."""
+    """An id given as a positive integer or a string of digits (``ID_PATTERN``), else ``None``."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value if 0 < value < 2**31 else None
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
-        number = int(value)
-        return number if 0 < number < 2**31 else None
+    if isinstance(value, str) and len(value) <= MAX_ID_DIGITS and re.fullmatch(ID_PATTERN, value):
+        return int(value)
     return None
 
 
@@ -226,10 +279,7 @@ def _optional_text(value: object, field: str, limit: int, fail: Any) -> str | No
     return value
 
 
-MAX_NAME = 100
-MAX_TAGS = 32
-MAX_TAG = 64
-MAX_DESCRIPTION = 2000
+_NAME_RULE = f"at most {MAX_NAME} characters, no control characters"
 
 
 def validate_vps_body(body: object, *, partial: bool = False) -> dict[str, Any]:
@@ -248,8 +298,10 @@ def validate_vps_body(body: object, *, partial: bool = False) -> dict[str, Any]:
         name = body.get("name")
         if not isinstance(name, str) or not name.strip():
             errors.append({"field": "name", "reason": "is required: a non-empty string"})
-        elif len(name) > MAX_NAME or any(not ch.isprintable() for ch in name):
-            errors.append({"field": "name", "reason": f"at most {MAX_NAME} printable characters"})
+        elif len(name) > MAX_NAME or not re.fullmatch(NAME_PATTERN, name):
+            errors.append({"field": "name", "reason": _NAME_RULE})
+        elif not _is_unicode(name):
+            errors.append({"field": "name", "reason": _NOT_UNICODE})
         else:
             out["name"] = name.strip()
     if "tags" in body or not partial:
@@ -261,17 +313,15 @@ def validate_vps_body(body: object, *, partial: bool = False) -> dict[str, Any]:
         elif len(tags) > MAX_TAGS:
             errors.append({"field": "tags", "reason": f"at most {MAX_TAGS} tags"})
         else:
-            cleaned = list(dict.fromkeys(t.strip() for t in tags if t.strip()))
-            bad = [t for t in cleaned if len(t) > MAX_TAG or not t.isprintable() or " " in t]
-            if bad:
+            if any(not re.fullmatch(TAG_PATTERN, t) or not _is_unicode(t) for t in tags):
                 errors.append(
                     {
                         "field": "tags",
-                        "reason": f"tags are up to {MAX_TAG} printable characters without spaces",
+                        "reason": f"tags are 1 to {MAX_TAG} characters, no spaces or controls",
                     }
                 )
             else:
-                out["tags"] = cleaned
+                out["tags"] = list(dict.fromkeys(t.strip() for t in tags if t.strip()))
     if errors:
         raise ValidationError(errors)
     return out
@@ -291,8 +341,10 @@ def validate_script_body(body: object) -> dict[str, str]:
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
         errors.append({"field": "name", "reason": "is required: a non-empty string"})
-    elif len(name) > MAX_NAME or not name.isprintable():
-        errors.append({"field": "name", "reason": f"at most {MAX_NAME} printable characters"})
+    elif len(name) > MAX_NAME or not re.fullmatch(NAME_PATTERN, name):
+        errors.append({"field": "name", "reason": _NAME_RULE})
+    elif not _is_unicode(name):
+        errors.append({"field": "name", "reason": _NOT_UNICODE})
     description = body.get("description")
     if description is None:
         description = ""

@@ -31,6 +31,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "http": ("FLEET_HTTP", str),
     "grpc": ("FLEET_GRPC", str),
     "public_grpc": ("FLEET_PUBLIC_GRPC", str),
+    "public_url": ("FLEET_PUBLIC_URL", str),
     "data_dir": ("FLEET_DATA_DIR", Path),
     "db_url": ("FLEET_DB", str),
     "tls_cert": ("FLEET_TLS_CERT", Path),
@@ -58,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
         dest="public_grpc",
         metavar="HOST:PORT",
         help="the gRPC address VPSes dial, when not --grpc's (shown in agent command lines)",
+    )
+    p.add_argument(
+        "--public-url",
+        dest="public_url",
+        metavar="URL",
+        help="the URL browsers open, behind a reverse proxy (https://fleet.example.com): "
+        "the only origin the UI's cookie may write from",
     )
     p.add_argument("--data-dir", dest="data_dir", type=Path, help="store and logs (./fleet-data)")
     p.add_argument("--db", dest="db_url", metavar="URL", help="postgres://… (default: SQLite)")

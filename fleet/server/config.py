@@ -6,6 +6,7 @@ import dataclasses
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fleet.logformat import FORMATS
 
@@ -24,6 +25,23 @@ def parse_hostport(value: str, *, name: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port)
+
+
+def _is_origin_url(url: str) -> bool:
+    """Whether ``url`` is ``http(s)://HOST[:PORT]`` with at most a ``/`` after it."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - validates
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.username is None
+        and parts.path in ("", "/")
+        and not parts.query
+        and not parts.fragment
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -47,6 +65,10 @@ class ServerConfig:
     #: The gRPC address agents should dial (shown in the agent command line), when the
     #: listener's own address is not reachable from the VPSes (0.0.0.0, NAT, a proxy).
     public_grpc: str | None = None
+    #: The URL browsers open (``https://fleet.example.com``) when it is not the listener's own,
+    #: behind a reverse proxy that terminates TLS: the origin cookie-authenticated writes and
+    #: WebSocket handshakes must come from. Unset: the request's scheme and ``Host``.
+    public_url: str | None = None
     data_dir: Path = Path("fleet-data")
     db_url: str | None = None
     tls_cert: Path | None = None
@@ -57,6 +79,8 @@ class ServerConfig:
     terminate_confirm_s: float = 15.0
     result_slack_s: float = 60.0
     handshake_timeout_s: float = 10.0
+    #: A request body not fully received within this is answered 408 (30 s).
+    body_timeout_s: float = 30.0
     flush_interval_s: float = 0.1
     keepalive_s: float = 20.0
     keepalive_timeout_s: float = 10.0
@@ -74,11 +98,16 @@ class ServerConfig:
         if self.public_grpc is not None:
             parse_hostport(self.public_grpc, name="--public-grpc")
         self.metrics_endpoint  # noqa: B018 - validates
+        if self.public_url is not None and not _is_origin_url(self.public_url):
+            raise ConfigError(
+                f"--public-url: expected http(s)://HOST[:PORT], got {self.public_url!r}"
+            )
         for name in (
             "reconnect_grace_s",
             "terminate_confirm_s",
             "result_slack_s",
             "handshake_timeout_s",
+            "body_timeout_s",
             "flush_interval_s",
             "keepalive_s",
             "keepalive_timeout_s",

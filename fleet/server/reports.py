@@ -26,6 +26,7 @@ from fleet.proto import agent_service as pb
 from fleet.wellformed import problem
 
 __all__ = [
+    "COMMAND_ID_PATTERN",
     "MAX_OFFSET",
     "MAX_TEXT_CHARS",
     "MAX_TIMESTAMP_MS",
@@ -45,7 +46,8 @@ MAX_TIMESTAMP_MS = 253_402_300_799_999
 
 # The server's command ids are UUIDs (36 characters, the store's column size); allow any id
 # of that size and a URL- and log-safe alphabet, so a change of id scheme needs no change here.
-_COMMAND_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,35}")
+COMMAND_ID_PATTERN = "^[0-9A-Za-z][0-9A-Za-z_-]{0,35}$"
+_COMMAND_ID = re.compile(COMMAND_ID_PATTERN)
 
 
 class InvalidReport(ValueError):

@@ -50,7 +50,8 @@ async def test_login_url_sets_an_httponly_cookie(server: Endpoints) -> None:
             bad = await browser.get("/?token=wrong")
             assert bad.headers["location"].startswith("/#/login")
             assert (await browser.post("/api/login", json={"token": "x"})).status_code == 401
-            assert (await browser.post("/api/logout")).status_code == 204
+            same_origin = {"Content-Type": "application/json", "Origin": server.http_url}
+            assert (await browser.post("/api/logout", headers=same_origin)).status_code == 204
 
 
 async def test_ui_is_served_with_a_strict_csp(server: Endpoints, client: httpx.AsyncClient) -> None:
@@ -73,7 +74,7 @@ async def test_vps_crud_and_rotate_secret(server: Endpoints, client: httpx.Async
         assert "agent_secret" not in listed[0]
         assert listed[0]["online"] is False
         dup = await client.post("/api/vps", json={"name": "web-1"})
-        assert dup.status_code == 422
+        assert dup.status_code == 409  # the name is taken
         agent = FakeAgent(server.grpc_address, vps["id"], vps["agent_secret"])
         assert (await agent.open()).authentication_successful
         await wait_online(server, vps["id"])
@@ -121,7 +122,7 @@ async def test_scripts_crud(client: httpx.AsyncClient) -> None:
         edited = await client.put(f"/api/scripts/{sid}", json=body | {"content": "uname -a"})
         assert edited.json()["content"] == "uname -a"
         assert len((await client.get("/api/scripts")).json()) == 1
-        assert (await client.post("/api/scripts", json=body)).status_code == 422  # duplicate
+        assert (await client.post("/api/scripts", json=body)).status_code == 409  # duplicate
         assert (await client.post("/api/scripts", json={"name": "x"})).status_code == 422
         assert (await client.delete(f"/api/scripts/{sid}")).status_code == 204
         assert (await client.get(f"/api/scripts/{sid}")).status_code == 404
@@ -222,7 +223,7 @@ async def test_batch_lifecycle_over_rest(server: Endpoints, client: httpx.AsyncC
         bad_stream = await client.get(
             f"/api/batch_commands/{batch_id}/tasks/{request.command_id}/output?stream=x"
         )
-        assert bad_stream.status_code == 400
+        assert bad_stream.status_code == 422
         # Terminating what is finished is a harmless no-op answered with its status.
         again = await client.post(f"/api/batch_commands/{batch_id}/terminate")
         assert again.status_code == 202
@@ -258,8 +259,8 @@ async def test_list_batches_newest_first_paginated(
         page2 = (await client.get("/api/batch_commands?limit=2&offset=2")).json()
         assert [b["batch_command_id"] for b in page2["items"]] == ids[::-1][2:4]
         assert page["items"][0]["counts"] == {"AGENT_UNREACHABLE": 1}
-        assert (await client.get("/api/batch_commands?limit=0")).status_code == 400
-        assert (await client.get("/api/batch_commands?offset=-1")).status_code == 400
+        assert (await client.get("/api/batch_commands?limit=0")).status_code == 422
+        assert (await client.get("/api/batch_commands?offset=-1")).status_code == 422
 
 
 async def test_unknown_routes_and_methods_answer_json(client: httpx.AsyncClient) -> None:

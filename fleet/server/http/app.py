@@ -1,16 +1,19 @@
 """The HTTP application: ``create_app`` builds it with its middleware, error handlers and routes.
 
 Every route needs a token (``Authorization: Bearer …`` or the UI's HttpOnly cookie) except the
-UI's static files, ``/api/login`` and the OpenAPI document. Errors are always
-``{"error": CODE, "detail": …}``; nothing answers a traceback, and bad input never a 500.
+UI's static files, ``/api/login`` and the OpenAPI document. A request the cookie authenticates
+must also pass ``csrf`` when it changes anything. Errors are always
+``{"error": CODE, "detail": …}``; nothing answers a traceback, and bad input never a 500: a
+405 carries ``Allow``, a body slower than 30 s (``body_timeout_s``) is a 408, and request text
+reaches the log only through ``%r``.
 """
 
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
+from typing import Any
 
-from quart import Response, request, websocket
+from quart import Response, has_request_context, has_websocket_context, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -20,6 +23,7 @@ from fleet.server.health import storage_fault
 from . import routes_batches, routes_scripts, routes_ui, routes_vps
 from .auth import presented_token, token_ok
 from .common import ApiError, Services, error_response
+from .csrf import check_cookie_websocket, check_cookie_write
 
 __all__ = ["create_app"]
 
@@ -33,35 +37,65 @@ _CSP = (
 )
 
 
+def _has_bearer(headers: Any) -> bool:
+    """Whether the request presents a bearer token (which then decides alone, cookie or not)."""
+    return str(headers.get("Authorization", ""))[:7].lower() == "bearer "
+
+
 def create_app(services: Services) -> QuartTrio:
     """Build the Quart-Trio app with every route."""
     app = QuartTrio("fleet.server", static_folder=None)
     app.config.update(
         MAX_CONTENT_LENGTH=4 * 1024 * 1024,
+        BODY_TIMEOUT=services.config.body_timeout_s,
         BACKGROUND_TASK_SHUTDOWN_TIMEOUT=1,
         PROVIDE_AUTOMATIC_OPTIONS=True,
     )
 
     @app.before_request
+    async def _receive_body() -> None:
+        # Read the whole body (≤ MAX_CONTENT_LENGTH, within BODY_TIMEOUT: 413, 408) before any
+        # answer, even a 401 or 404: Hypercorn cannot reuse a keep-alive connection whose
+        # request body was still arriving when the response ended, and the client's next
+        # request on it would hang.
+        if request.content_length or "chunked" in request.headers.get("Transfer-Encoding", ""):
+            await request.get_data()
+
+    @app.before_request
     async def _authenticate() -> Response | None:
         path = request.path
-        if request.method not in _READS and path.startswith("/api/"):
-            services.health.check_writable()  # a lost store file: 503 before any work
-        if not path.startswith("/api/") or path in _PUBLIC:
+        if not path.startswith("/api/"):
+            return None
+        if path in _PUBLIC:
+            # A browser's write to a public route (a login) must not come from another page
+            # either: no logging a victim in to someone else's account. Clients send no Origin.
+            if "Origin" in request.headers:
+                check_cookie_write(request, public_url=services.config.public_url)
             return None
         if token_ok(services, presented_token(request.headers, request.cookies)):
+            if not _has_bearer(request.headers):
+                # Authenticated by the session cookie: refuse what another page could have
+                # sent (csrf explains why). Bearer requests need no such check.
+                check_cookie_write(request, public_url=services.config.public_url)
+            if request.method not in _READS:
+                services.health.check_writable()  # a lost store file: 503 before any work
             return None
         return error_response(401, "unauthorized", "a valid API token is required")
 
     @app.before_websocket
     async def _authenticate_ws() -> Response | None:
-        # Browsers send cookies with cross-site WebSocket handshakes as far as SameSite allows;
-        # an Origin that is not this server is refused outright (no cross-site hijacking).
-        origin = websocket.headers.get("Origin")
-        if origin is not None and urlsplit(origin).netloc != websocket.headers.get("Host", ""):
-            return error_response(403, "forbidden", "cross-origin WebSocket refused")
-        if token_ok(services, presented_token(websocket.headers, websocket.cookies)):
-            return None
+        # Browsers send cookies with cross-site WebSocket handshakes as far as SameSite allows:
+        # a cookie-authenticated handshake must come from this very origin, scheme included,
+        # and so must any handshake that names an Origin (clients that are not browsers don't).
+        try:
+            if "Origin" in websocket.headers:
+                check_cookie_websocket(websocket, public_url=services.config.public_url)
+            if token_ok(services, presented_token(websocket.headers, websocket.cookies)):
+                if not _has_bearer(websocket.headers):  # the cookie: a browser, Origin required
+                    check_cookie_websocket(websocket, public_url=services.config.public_url)
+                return None
+        except ApiError as exc:
+            return error_response(exc.status, exc.code, exc.detail)
         return error_response(401, "unauthorized", "a valid API token is required")
 
     @app.after_request
@@ -79,7 +113,7 @@ def create_app(services: Services) -> QuartTrio:
 
     @app.errorhandler(core.ValidationError)
     async def _validation(exc: core.ValidationError) -> Response:
-        return error_response(422, exc.code, exc.errors)
+        return error_response(exc.http_status, exc.code, exc.errors)
 
     @app.errorhandler(core.FleetError)
     async def _fleet_error(exc: core.FleetError) -> Response:
@@ -88,16 +122,26 @@ def create_app(services: Services) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name)
+        response = error_response(exc.code or 500, code, exc.description or exc.name)
+        # werkzeug's own headers: a 405's ``Allow`` (RFC 9110 requires it, TRACE included).
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:
         reason = storage_fault(exc)
         if reason is not None:
-            if request.method not in _READS:
+            if has_request_context() and request.method not in _READS:
                 services.health.failed(reason)
             return error_response(503, "storage_unavailable", reason)
-        logger.exception("unexpected error on %s %s", request.method, request.path)
+        # Also reached from a WebSocket handler, where there is no ``request``; the path is
+        # the client's text: ``%r`` keeps a ``%0A`` in it from forging a log line.
+        where = request if has_request_context() else websocket if has_websocket_context() else None
+        method = getattr(where, "method", "WEBSOCKET")
+        path = where.path if where is not None else "?"
+        logger.exception("unexpected error on %s %r", method, path)
         return error_response(500, "internal_error", "unexpected server error (see the log)")
 
     for routes in (routes_ui, routes_vps, routes_scripts, routes_batches):

@@ -1,296 +1,263 @@
-"""The OpenAPI 3 document of the REST API, served at ``/api/openapi.json``."""
+"""The OpenAPI 3.1 document of the REST API, served at ``/api/openapi.json``.
+
+It lists every route under ``/api/`` with exactly the methods the server answers (a test
+compares it with the app's URL map), and request schemas exactly as strict as the server's
+validation: ``openapi_parts`` builds them from ``fleet.core``'s patterns and limits, and
+schemathesis checks that both refuse the same requests. ``additionalProperties: false`` wherever
+the server refuses extra fields.
+
+The document is made of sections, one per noun, each ``(schemas, paths)``: a new noun (users,
+tokens, audit…) adds a section function (here or in a module of its own, like
+``openapi_batches``) and one entry in ``SECTIONS``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import fleet
-from fleet.core import BatchStatus, ChildStatus
+from fleet import core
 
-__all__ = ["document"]
+from . import openapi_batches
+from .openapi_parts import (
+    CONFLICT,
+    NAME,
+    NO_BODY,
+    NUMERIC_ID,
+    TS,
+    Schema,
+    Section,
+    json_content,
+    op,
+    path_param,
+    ref,
+)
 
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-_ERRORS = {
-    "400": _json(_ref("Error"), "Malformed request (bad JSON, bad query parameter)"),
-    "401": _json(_ref("Error"), "Missing or invalid token"),
-    "404": _json(_ref("Error"), "Unknown id"),
-    "422": _json(_ref("Error"), "Invalid body; detail lists every problem"),
-}
-_ID = {"type": "string"}
-_TS = {"type": ["string", "null"], "format": "date-time"}
+__all__ = ["SECTIONS", "document"]
 
 
-def _op(
-    summary: str,
-    responses: dict[str, Any],
-    *,
-    body: dict[str, Any] | None = None,
-    params: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {**responses, **_ERRORS}}
-    if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-    if params:
-        op["parameters"] = params
-    return op
+def _error_section() -> Section:
+    error = {
+        "type": "object",
+        "required": ["error", "detail"],
+        "properties": {"error": {"type": "string"}, "detail": {}},
+    }
+    return {"Error": error}, {}
 
 
-def _path_param(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-
-
-def document() -> dict[str, Any]:
-    schemas: dict[str, Any] = {
-        "Error": {
+def _session_section() -> Section:
+    schemas: dict[str, Schema] = {
+        "Login": {
             "type": "object",
-            "required": ["error", "detail"],
-            "properties": {"error": {"type": "string"}, "detail": {}},
+            "required": ["token"],
+            "properties": {"token": {"type": "string"}},
+            "additionalProperties": False,
         },
-        "Vps": {
+        "Me": {
             "type": "object",
-            "properties": {
-                "id": {"type": "integer"},
-                "name": {"type": "string"},
-                "tags": {"type": "array", "items": {"type": "string"}},
-                "online": {"type": "boolean"},
-                "last_seen_at": _TS,
-                "hostname": {"type": ["string", "null"]},
-                "os": {"type": ["string", "null"]},
-                "agent_version": {"type": ["string", "null"]},
-            },
+            "required": ["authenticated", "version"],
+            "properties": {"authenticated": {"type": "boolean"}, "version": {"type": "string"}},
         },
+    }
+    paths: dict[str, Schema] = {
+        "/api/login": {
+            "post": op(
+                "Log in (sets the UI's session cookie)",
+                NO_BODY | {"401": json_content(ref("Error"), "That token is not valid")},
+                body=ref("Login"),
+                write=True,
+                public=True,
+            )
+        },
+        "/api/logout": {"post": op("Log out (clears the session cookie)", NO_BODY, write=True)},
+        "/api/me": {"get": op("Who is logged in", {"200": json_content(ref("Me"))})},
+        "/api/openapi.json": {
+            "get": op(
+                "This document",
+                {"200": json_content({"type": "object"}, "OpenAPI 3.1")},
+                public=True,
+            )
+        },
+    }
+    return schemas, paths
+
+
+def _vps_section() -> Section:
+    tags = {
+        "type": ["array", "null"],
+        "maxItems": core.MAX_TAGS,
+        "items": {"type": "string", "pattern": core.TAG_PATTERN},
+    }
+    secret_props = {
+        "id": {"type": "integer"},
+        "agent_secret": {"type": "string"},
+        "agent_command": {"type": "string"},
+        "agent_install": {"type": "string"},
+    }
+    vps_props = {
+        "id": {"type": "integer"},
+        "name": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "online": {"type": "boolean"},
+        "last_seen_at": TS,
+        "hostname": {"type": ["string", "null"]},
+        "os": {"type": ["string", "null"]},
+        "agent_version": {"type": ["string", "null"]},
+    }
+    schemas: dict[str, Schema] = {
+        "Vps": {"type": "object", "required": ["id", "name", "tags"], "properties": vps_props},
         "VpsCreate": {
             "type": "object",
             "required": ["name"],
-            "properties": {
-                "name": {"type": "string", "maxLength": 100},
-                "tags": {"type": "array", "items": {"type": "string"}},
-            },
+            "properties": {"name": NAME, "tags": tags},
+            "additionalProperties": False,
+        },
+        "VpsUpdate": {
+            "type": "object",
+            "properties": {"name": NAME, "tags": tags},
+            "additionalProperties": False,
+        },
+        "VpsCreated": {
+            "type": "object",
+            "required": ["id", "name", "agent_secret"],
+            "properties": vps_props | secret_props,
         },
         "VpsSecret": {
             "type": "object",
-            "properties": {
-                "id": {"type": "integer"},
-                "agent_secret": {"type": "string"},
-                "agent_command": {"type": "string"},
-                "agent_install": {"type": "string"},
-            },
+            "required": ["id", "agent_secret"],
+            "properties": secret_props,
         },
+    }
+    vps_id = path_param("vps_id", NUMERIC_ID)
+    update = {"200": json_content(ref("Vps"))} | CONFLICT
+    paths: dict[str, Schema] = {
+        "/api/vps": {
+            "get": op("List VPSes", {"200": json_content({"type": "array", "items": ref("Vps")})}),
+            "post": op(
+                "Register a VPS (its agent secret is shown only here)",
+                {"201": json_content(ref("VpsCreated"), "Created")} | CONFLICT,
+                body=ref("VpsCreate"),
+                write=True,
+            ),
+        },
+        "/api/vps/{vps_id}": {
+            "get": op("Get a VPS", {"200": json_content(ref("Vps"))}, params=[vps_id]),
+            "patch": op(
+                "Rename or retag a VPS (only the fields given change)",
+                update,
+                body=ref("VpsUpdate"),
+                params=[vps_id],
+                write=True,
+            ),
+            "put": op(
+                "Rename or retag a VPS (as PATCH)",
+                update,
+                body=ref("VpsUpdate"),
+                params=[vps_id],
+                write=True,
+            ),
+            "delete": op("Delete a VPS", NO_BODY, params=[vps_id], write=True),
+        },
+        "/api/vps/{vps_id}/rotate_secret": {
+            "post": op(
+                "Issue a new agent secret (the old one stops working)",
+                {"200": json_content(ref("VpsSecret"))},
+                params=[vps_id],
+                write=True,
+            )
+        },
+    }
+    return schemas, paths
+
+
+def _script_section() -> Section:
+    schemas: dict[str, Schema] = {
         "Script": {
             "type": "object",
+            "required": ["id", "name", "content"],
             "properties": {
                 "id": {"type": "integer"},
                 "name": {"type": "string"},
                 "description": {"type": "string"},
                 "content": {"type": "string"},
-                "created_at": _TS,
-                "updated_at": _TS,
+                "created_at": TS,
+                "updated_at": TS,
             },
         },
         "ScriptBody": {
             "type": "object",
             "required": ["name", "content"],
             "properties": {
-                "name": {"type": "string"},
-                "description": {"type": "string"},
-                "content": {"type": "string"},
-            },
-        },
-        "BatchCreate": {
-            "type": "object",
-            "required": ["target_vps_ids"],
-            "description": "Exactly one of command_content and script_id.",
-            "properties": {
-                "command_content": {"type": "string"},
-                "script_id": {"type": ["integer", "string"]},
-                "working_directory": {"type": "string"},
-                "target_vps_ids": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {"type": ["integer", "string"]},
+                "name": NAME,
+                "description": {"type": ["string", "null"], "maxLength": core.MAX_DESCRIPTION},
+                "content": {
+                    "type": "string",
+                    "pattern": core.TEXT_PATTERN,
+                    "description": f"at most {core.MAX_COMMAND_BYTES} bytes of UTF-8",
                 },
-                "execution_alias": {"type": "string"},
-                "timeout_seconds": {"type": "integer", "minimum": 0},
+                "id": {"description": "ignored: a script as GET shows it may be sent back"},
             },
-        },
-        "BatchAccepted": {
-            "type": "object",
-            "properties": {
-                "batch_command_id": _ID,
-                "status": {"type": "string", "enum": ["PENDING"]},
-                "message": {"type": "string"},
-            },
-        },
-        "ChildTask": {
-            "type": "object",
-            "properties": {
-                "child_command_id": _ID,
-                "vps_id": {"type": "integer"},
-                "vps_name": {"type": "string"},
-                "status": {"type": "string", "enum": [s.value for s in ChildStatus]},
-                "exit_code": {"type": ["integer", "null"]},
-                "output_stream_summary": {"type": "array", "items": {"type": "string"}},
-                "error_stream_summary": {"type": "array", "items": {"type": "string"}},
-                "error_message": {"type": ["string", "null"]},
-                "created_at": _TS,
-                "updated_at": _TS,
-                "agent_started_at": _TS,
-                "agent_completed_at": _TS,
-                "stdout_bytes": {"type": "integer"},
-                "stderr_bytes": {"type": "integer"},
-                "truncated": {"type": "boolean"},
-                "agent_reported": {
-                    "description": "a result the agent reported after the server ended the "
-                    "child (its status stays)",
-                    "oneOf": [
-                        {"type": "null"},
-                        {
-                            "type": "object",
-                            "properties": {
-                                "status": {"type": "string"},
-                                "exit_code": {"type": ["integer", "null"]},
-                                "at": _TS,
-                            },
-                        },
-                    ],
-                },
-            },
-        },
-        "Batch": {
-            "type": "object",
-            "properties": {
-                "batch_command_id": _ID,
-                "overall_status": {"type": "string", "enum": [s.value for s in BatchStatus]},
-                "execution_alias": {"type": ["string", "null"]},
-                "command_content": {"type": "string"},
-                "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
-                "created_at": _TS,
-                "updated_at": _TS,
-                "completed_at": _TS,
-                "tasks": {"type": "array", "items": _ref("ChildTask")},
-            },
-        },
-        "BatchPage": {
-            "type": "object",
-            "properties": {
-                "items": {"type": "array", "items": _ref("Batch")},
-                "total": {"type": "integer"},
-                "limit": {"type": "integer"},
-                "offset": {"type": "integer"},
-            },
+            "additionalProperties": False,
         },
     }
-    vps_id, script_id = _path_param("vps_id"), _path_param("script_id")
-    batch_id, child_id = _path_param("batch_id"), _path_param("child_id")
-    paths = {
-        "/api/vps": {
-            "get": _op("List VPSes", {"200": _json({"type": "array", "items": _ref("Vps")}, "")}),
-            "post": _op(
-                "Register a VPS (its agent secret is shown only here)",
-                {"201": _json(_ref("VpsSecret"), "Created")},
-                body=_ref("VpsCreate"),
-            ),
-        },
-        "/api/vps/{vps_id}": {
-            "get": _op("Get a VPS", {"200": _json(_ref("Vps"), "")}, params=[vps_id]),
-            "delete": _op("Delete a VPS", {"204": {"description": "Deleted"}}, params=[vps_id]),
-        },
-        "/api/vps/{vps_id}/rotate_secret": {
-            "post": _op(
-                "Issue a new agent secret (the old one stops working)",
-                {"200": _json(_ref("VpsSecret"), "")},
-                params=[vps_id],
-            )
-        },
+    script_id = path_param("script_id", NUMERIC_ID)
+    one = {"200": json_content(ref("Script"))}
+    paths: dict[str, Schema] = {
         "/api/scripts": {
-            "get": _op(
-                "List scripts", {"200": _json({"type": "array", "items": _ref("Script")}, "")}
+            "get": op(
+                "List scripts", {"200": json_content({"type": "array", "items": ref("Script")})}
             ),
-            "post": _op(
-                "Save a script", {"201": _json(_ref("Script"), "")}, body=_ref("ScriptBody")
+            "post": op(
+                "Save a script",
+                {"201": json_content(ref("Script"), "Created")} | CONFLICT,
+                body=ref("ScriptBody"),
+                write=True,
             ),
         },
         "/api/scripts/{script_id}": {
-            "get": _op("Get a script", {"200": _json(_ref("Script"), "")}, params=[script_id]),
-            "put": _op(
+            "get": op("Get a script", one, params=[script_id]),
+            "put": op(
                 "Replace a script",
-                {"200": _json(_ref("Script"), "")},
-                body=_ref("ScriptBody"),
+                one | CONFLICT,
+                body=ref("ScriptBody"),
                 params=[script_id],
+                write=True,
             ),
-            "delete": _op(
-                "Delete a script", {"204": {"description": "Deleted"}}, params=[script_id]
-            ),
-        },
-        "/api/batch_commands": {
-            "post": _op(
-                "Run a command or saved script on many VPSes",
-                {"202": _json(_ref("BatchAccepted"), "Accepted")},
-                body=_ref("BatchCreate"),
-            ),
-            "get": _op(
-                "List batches, newest first",
-                {"200": _json(_ref("BatchPage"), "")},
-                params=[
-                    {"name": "limit", "in": "query", "schema": {"type": "integer"}},
-                    {"name": "offset", "in": "query", "schema": {"type": "integer"}},
-                ],
-            ),
-        },
-        "/api/batch_commands/{batch_id}": {
-            "get": _op(
-                "A batch and its tasks", {"200": _json(_ref("Batch"), "")}, params=[batch_id]
-            )
-        },
-        "/api/batch_commands/{batch_id}/terminate": {
-            "post": _op(
-                "Terminate a batch", {"202": {"description": "Accepted"}}, params=[batch_id]
-            )
-        },
-        "/api/batch_commands/{batch_id}/tasks/{child_id}/terminate": {
-            "post": _op(
-                "Terminate one VPS's task",
-                {"202": {"description": "Accepted"}},
-                params=[batch_id, child_id],
-            )
-        },
-        "/api/batch_commands/{batch_id}/tasks/{child_id}/output": {
-            "get": _op(
-                "Download a task's full log, byte-exact",
-                {
-                    "200": {
-                        "description": "The log",
-                        "content": {"application/octet-stream": {"schema": {"type": "string"}}},
-                    }
-                },
-                params=[
-                    batch_id,
-                    child_id,
-                    {
-                        "name": "stream",
-                        "in": "query",
-                        "schema": {"type": "string", "enum": ["stdout", "stderr"]},
-                    },
-                ],
-            )
+            "delete": op("Delete a script", NO_BODY, params=[script_id], write=True),
         },
     }
+    return schemas, paths
+
+
+#: The document's sections, in order. Add new nouns here.
+SECTIONS: list[Callable[[], Section]] = [
+    _error_section,
+    _session_section,
+    _vps_section,
+    _script_section,
+    openapi_batches.section,
+]
+
+
+def document() -> dict[str, Any]:
+    schemas: dict[str, Schema] = {}
+    paths: dict[str, Schema] = {}
+    for section in SECTIONS:
+        more_schemas, more_paths = section()
+        schemas |= more_schemas
+        paths |= more_paths
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Fleet",
             "version": fleet.__version__,
-            "description": "Run a command on many VPSes. Live feed: WebSocket "
-            "/ws/batch_commands/{id} (SNAPSHOT, BATCH_TASK_UPDATE, CHILD_TASK_UPDATE, "
-            "NEW_LOG_OUTPUT) and /ws/vps.",
+            "description": "Run a command on many VPSes. Authenticate with "
+            "`Authorization: Bearer <token>` (or the web UI's session cookie: its writes must "
+            "send `Content-Type: application/json` and this server's `Origin`). Not listed "
+            "here: the web UI (`/`, `/ui/…`, `/favicon.ico`) and the live feeds, WebSockets "
+            "`/ws/batch_commands/{id}` (SNAPSHOT, BATCH_TASK_UPDATE, CHILD_TASK_UPDATE, "
+            "NEW_LOG_OUTPUT) and `/ws/vps` (VPS_SNAPSHOT, VPS_UPDATE).",
         },
         "components": {
             "schemas": schemas,

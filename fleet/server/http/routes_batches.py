@@ -20,7 +20,14 @@ from fleet.core import STREAMS
 from fleet.server.store import BatchRecord, Store
 from fleet.server.views import batch_summary_view, batch_view, from_ts
 
-from .common import ApiError, Services, int_arg, json_body, json_response, pump
+from .common import (
+    Services,
+    command_path_id,
+    int_arg,
+    json_body,
+    json_response,
+    pump,
+)
 
 __all__ = ["register"]
 
@@ -32,6 +39,7 @@ def register(app: QuartTrio, services: Services) -> None:
     supervisor = services.supervisor
 
     async def load(batch_id: str) -> BatchRecord:
+        batch_id = command_path_id(batch_id, "batch")
         run = supervisor.get(batch_id)
         return run.snapshot() if run is not None else await db.run(Store.get_batch, batch_id)
 
@@ -101,6 +109,7 @@ def register(app: QuartTrio, services: Services) -> None:
 
     @app.post("/api/batch_commands/<batch_id>/terminate")
     async def terminate_batch(batch_id: str) -> Response:
+        batch_id = command_path_id(batch_id, "batch")
         run = supervisor.get(batch_id)
         if run is not None:
             run.terminate()
@@ -111,6 +120,8 @@ def register(app: QuartTrio, services: Services) -> None:
 
     @app.post("/api/batch_commands/<batch_id>/tasks/<child_id>/terminate")
     async def terminate_child(batch_id: str, child_id: str) -> Response:
+        batch_id = command_path_id(batch_id, "batch")
+        child_id = command_path_id(child_id, "task")
         run = supervisor.get(batch_id)
         if run is not None and child_id in run.batch.children:
             run.terminate(child_id)
@@ -123,9 +134,11 @@ def register(app: QuartTrio, services: Services) -> None:
 
     @app.get("/api/batch_commands/<batch_id>/tasks/<child_id>/output")
     async def output(batch_id: str, child_id: str) -> Response:
+        batch_id = command_path_id(batch_id, "batch")
+        child_id = command_path_id(child_id, "task")
         stream = request.args.get("stream", "stdout")
         if stream not in STREAMS:
-            raise ApiError(400, "bad_request", "stream must be stdout or stderr")
+            raise core.ValidationError([{"field": "stream", "reason": "stdout or stderr"}])
         child = await db.run(Store.get_child, batch_id, child_id)
         path = child.stdout_log_path if stream == "stdout" else child.stderr_log_path
         name = f"{child.vps_name}-{child_id[:8]}.{stream}.log"

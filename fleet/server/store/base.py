@@ -8,7 +8,7 @@ from typing import Any, TypeVar, cast
 
 from pony import orm
 
-from fleet.core import ValidationError
+from fleet.core import Conflict, ValidationError
 
 from .schema import Dialect
 
@@ -31,7 +31,7 @@ def chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
 
 
 def duplicate(kind: str, name: str) -> ValidationError:
-    return ValidationError([{"field": "name", "reason": f"a {kind} named {name} already exists"}])
+    return Conflict([{"field": "name", "reason": f"a {kind} named {name} already exists"}])
 
 
 class StoreBase:
