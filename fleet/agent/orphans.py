@@ -147,16 +147,17 @@ def find_members(command_id: str, process: ProcessInfo | None, boot: str) -> tup
 
 
 def _signal(group: int, pids: list[int], signum: signal.Signals) -> None:
+    # PermissionError: a member changed its credentials (setuid); the others still get it.
     try:
         if group:
             os.killpg(group, signum)
             return
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         return
     for pid in pids:
         try:
             os.kill(pid, signum)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
             pass
 
 
@@ -198,11 +199,17 @@ async def settle_left_over(
     command_id: str, process: ProcessInfo | None, *, boot: str, grace_s: float
 ) -> pb.BatchCommandResult:
     """Stop a command a previous agent process left running; return its ``FAILURE`` result."""
-    outcome = await stop_left_over(command_id, process, boot=boot, grace_s=grace_s)
-    logger.warning("command=%s %s: %s", command_id, RESTARTED, outcome.value)
+    try:
+        outcome = await stop_left_over(command_id, process, boot=boot, grace_s=grace_s)
+    except OSError as error:  # /proc unreadable: say so rather than take the agent down
+        logger.error("command=%s cannot stop what is left of it: %s", command_id, error)
+        detail, exit_code = f"it could not be stopped: {error}", 0
+    else:
+        detail, exit_code = outcome.value, _EXIT_CODES[outcome]
+    logger.warning("command=%s %s: %s", command_id, RESTARTED, detail)
     return pb.BatchCommandResult(
         command_id=command_id,
         status=pb.CommandStatus.FAILURE,
-        exit_code=_EXIT_CODES[outcome],
-        error_message=f"{RESTARTED} ({outcome.value})",
+        exit_code=exit_code,
+        error_message=f"{RESTARTED} ({detail})",
     )

@@ -252,13 +252,14 @@ class RpcServer:
             self._registry.detach(session)
             self._hooks.disconnected(session)
             session.close("session ended")
-            if not writer.done():
+            try:
                 # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation
                 # that arrives as the writer finishes, and grpclib then logs an ERROR traceback
                 # ("Failed to handle cancellation") for every peer that hangs up at that moment.
                 await asyncio.wait({writer}, timeout=2)
+            finally:
                 writer.cancel()
-            logger.info("vps=%s peer=%s agent disconnected", session.vps_id, peer)
+                logger.info("vps=%s peer=%s agent disconnected", session.vps_id, peer)
 
     def _refused(self, key: str, peer: str, why: str) -> None:
         if self.refusals.refused(key, trio.current_time()):

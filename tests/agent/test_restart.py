@@ -6,6 +6,7 @@ Each command appends a line to a marker file, so the tests know independently wh
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from fleet.proto import agent_service as pb
 
 from .conftest import running_agent
 from .fakeserver import FakeServer
-from .helpers import alive, wait_reaped
+from .helpers import alive
 
 SECRET = "s3cret"
 
@@ -48,6 +49,16 @@ async def _agent_process(
         check=False,
         task_status=task_status,
     )
+
+
+async def _wait_gone(pid: int) -> None:
+    """Wait until ``pid`` has exited (an orphan's zombie counts: its reaper is init's business).
+
+    Nothing notifies us about a process that is not our child, hence the look every 10 ms;
+    callers bound it with ``trio.fail_after``.
+    """
+    while alive(pid):  # noqa: ASYNC110 - nothing to wait on
+        await trio.sleep(0.01)
 
 
 def _handshakes(server: FakeServer) -> list[pb.AgentHandshake]:
@@ -113,7 +124,7 @@ async def test_a_command_running_when_the_agent_is_killed_is_stopped_and_reporte
             assert result.status == pb.CommandStatus.FAILURE
             assert result.error_message.startswith(RESTARTED)
             assert result.exit_code == -signal.SIGTERM  # it was still running: stopped now
-            await wait_reaped(pid)  # the whole group is gone
+            await _wait_gone(pid)  # the whole group is gone
 
             # The server (which acked the result) delivers the id again: it does not run twice.
             await server.run_command("c", command)
@@ -225,6 +236,47 @@ async def test_a_command_whose_pid_was_not_journaled_is_found_by_its_marker(
         if orphan.returncode is None:
             orphan.kill()
             await orphan.wait()
+
+
+async def test_when_the_leader_is_gone_only_members_with_the_marker_are_stopped(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    """The group's number could have been reused: members must prove they are the command's."""
+    script = "sleep 300 & echo $!; env -u FLEET_COMMAND_ID sleep 301 & echo $!; exec cat"
+    leader = await trio.lowlevel.open_process(
+        ["sh", "-c", script],
+        start_new_session=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, COMMAND_ID_ENV: "c"},
+    )
+    assert leader.stdin is not None
+    assert leader.stdout is not None
+    info = process_info(leader.pid, boot_id())
+    assert info is not None
+    pids = b""
+    while pids.count(b"\n") < 2:
+        pids += await leader.stdout.receive_some(100)
+    marked, unmarked = (int(pid) for pid in pids.split())
+    await leader.stdin.aclose()
+    await leader.wait()  # the leader is gone; its two children live on in its group
+    try:
+        journal = Journal(tmp_path / "state")
+        journal.open()
+        journal.accept("c")
+        journal.started("c", info)
+        journal.close()
+        config = AgentConfig.for_test(server.address, secret=SECRET, state_dir=tmp_path / "state")
+        with trio.fail_after(20):
+            async with running_agent(config):
+                result = await server.wait_result("c")
+                assert result.exit_code == -signal.SIGTERM
+                await _wait_gone(marked)
+        assert alive(unmarked)
+    finally:
+        for pid in (marked, unmarked):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 async def test_a_corrupt_journal_is_set_aside_and_the_agent_cannot_vouch(
