@@ -52,7 +52,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def fuzz(session: nox.Session) -> None:
-    """schemathesis (every check) against a live server: a longer run than ``nox -s tests``'.
+    """schemathesis (every check) against a live server, longer than the run in ``nox -s tests``.
 
     ``nox -s fuzz -- 2000 7`` picks the examples per operation and the seed.
     """
@@ -61,7 +61,7 @@ def fuzz(session: nox.Session) -> None:
     session.env.update(
         SCHEMATHESIS_MAX_EXAMPLES=examples, SCHEMATHESIS_SEED=seed, SCHEMATHESIS_TIMEOUT="3600"
     )
-    session.run("pytest", "-q", "-s", "tests/fuzz")
+    session.run("pytest", "-q", "-s", "-o", "faulthandler_timeout=0", "tests/fuzz")
 
 
 @nox.session

@@ -257,6 +257,7 @@ async def test_a_body_slower_than_the_timeout_is_408(server: Endpoints) -> None:
                 assert chunk, f"closed without an answer: {received!r}"
                 received += chunk
         assert received.startswith(b"HTTP/1.1 408"), received[:200]
+        assert b"connection: close" in received.lower()  # this connection cannot go on
         assert not await server.services.db.run(Store.list_vps)
 
 
@@ -441,3 +442,13 @@ async def test_an_unread_body_never_stalls_the_connection(client: httpx.AsyncCli
             refused = await client.patch(f"/api/vps/null,{attempt}", json={"name": "x" * 50})
             assert refused.status_code == 404
             assert (await client.get("/api/vps")).status_code == 200
+
+
+async def test_a_body_over_4_mib_is_413(client: httpx.AsyncClient) -> None:
+    with trio.fail_after(20):
+        big = b'{"name": "' + b"x" * (4 * 1024 * 1024) + b'"}'
+        response = await client.post("/api/vps", content=big, headers=JSON)
+        assert response.status_code == 413
+        assert response.headers["connection"] == "close"
+        assert response.json()["error"]
+        assert (await client.get("/api/vps")).status_code == 200

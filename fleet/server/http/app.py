@@ -127,6 +127,10 @@ def create_app(services: Services) -> QuartTrio:
         for name, value in exc.get_headers():
             if name.lower() != "content-type":
                 response.headers[name] = value
+        if exc.code in (408, 413):
+            # The body was not read (too slow, too large): the connection cannot carry another
+            # request, so say it closes (a client reusing it would wait for an answer forever).
+            response.headers["Connection"] = "close"
         return response
 
     @app.errorhandler(Exception)
