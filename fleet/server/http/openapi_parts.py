@@ -53,6 +53,7 @@ _ERRORS = {
     "408": _error("The request body took longer than 30 s"),
     "413": _error("The request body is over 4 MiB"),
     "422": _error("Invalid body or query; detail lists every problem"),
+    "503": _error("The store cannot be written (a lost or unwritable database file)"),
 }
 #: What a create or an update may also get: the name is taken.
 CONFLICT = {"409": _error("That name is taken")}
