@@ -14,6 +14,7 @@ no I/O, depends only on betterproto2.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import betterproto2
@@ -49,20 +50,24 @@ def problem(message: betterproto2.Message, *, path: str = "") -> str | None:
 
     Text in the answer comes from the schema only, never from the message, so it is safe to log.
     """
-    fields: Any = dataclasses.fields  # betterproto2 messages are dataclasses at run time
-    for field in fields(message):
-        meta = betterproto2.FieldMetadata.get(field)
-        name = f"{path}{field.name}"
-        value = getattr(message, field.name)
+    for field_name, meta in _schema(type(message)):
+        value = getattr(message, field_name)
         if value is None and (meta.optional or meta.group is not None):
             continue  # unset optional field or oneof member
         if meta.repeated or meta.map_meta is not None:
-            found = _repeated(meta, value, name)
+            found = _repeated(meta, value, path + field_name)
         else:
-            found = _value(meta.proto_type, value, name)
+            found = _value(meta.proto_type, value, path + field_name)
         if found is not None:
             return found
     return None
+
+
+@functools.cache
+def _schema(cls: type[betterproto2.Message]) -> tuple[tuple[str, betterproto2.FieldMetadata], ...]:
+    """Each field's name and metadata (cached: this runs for every message on the wire)."""
+    fields: Any = dataclasses.fields  # betterproto2 messages are dataclasses at run time
+    return tuple((field.name, betterproto2.FieldMetadata.get(field)) for field in fields(cls))
 
 
 def _repeated(meta: betterproto2.FieldMetadata, value: object, name: str) -> str | None:
