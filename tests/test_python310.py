@@ -6,8 +6,10 @@ On 3.11+ the old interpreter is simulated (``sys.version_info`` replaced before 
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 PRETEND_310 = "import sys; sys.version_info = (3, 10, 13, 'final', 0); "
 
@@ -37,3 +39,26 @@ def test_agent_and_cli_import_without_the_server() -> None:
     )
     result = _python(code)
     assert result.returncode == 0, result.stderr
+
+
+#: What a VPS does not install: the tests that ``nox -s agent310`` runs must not need it.
+SERVER_ONLY = ("fleet.server", "tests.integration", "tests.server", "tests.fakeagent", "httpx",
+               "quart", "quart_trio", "hypercorn", "pony")  # fmt: skip
+
+
+def test_the_tests_run_on_310_import_nothing_of_the_server() -> None:
+    tests = Path(__file__).parent
+    found = []
+    for path in sorted([*tests.glob("agent/*.py"), *tests.glob("core/*.py"), tests / "aioloop.py"]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            found += [
+                f"{path.relative_to(tests)}:{node.lineno} imports {name}"
+                for name in names
+                if name.startswith(SERVER_ONLY)
+            ]
+    assert not found, "\n".join(found)

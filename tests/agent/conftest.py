@@ -11,7 +11,7 @@ import trio_asyncio
 
 from fleet.agent.config import AgentConfig
 from fleet.agent.run import run_agent
-from tests.integration.conftest import tolerate_collected_channels
+from tests.aioloop import tolerate_collected_channels
 
 from .fakeserver import FakeServer
 

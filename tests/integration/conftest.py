@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,16 +15,7 @@ from fleet.server.config import ServerConfig
 from fleet.server.http.feed import Overrun
 from fleet.server.serve import Endpoints, serve
 from fleet.server.store import Store
-
-
-def tolerate_collected_channels(loop: Any, context: dict[str, Any]) -> None:
-    """grpclib reports a client channel collected unclosed through the loop's exception
-    handler, which trio-asyncio raises into whichever test is running when the garbage
-    collector happens to run: a warning, not that test's failure. Anything else still fails."""
-    if str(context.get("message", "")).startswith("Unclosed connection: Channel("):
-        logging.getLogger(__name__).warning("%s", context["message"])
-        return
-    loop.default_exception_handler(context)
+from tests.aioloop import tolerate_collected_channels
 
 
 @pytest.fixture
