@@ -273,6 +273,33 @@ async def test_impossible_report_ends_the_stream_and_stores_nothing(
         await agent.close()
 
 
+async def test_a_report_on_another_vps_command_is_invalid_argument(
+    server: Endpoints, client: httpx.AsyncClient
+) -> None:
+    """The supervisor decides (PeerViolation); the stream ends with its status, nothing kept."""
+    with trio.fail_after(20):
+        vps_a, vps_b = await add_vps(client, "a"), await add_vps(client, "b")
+        peer_a = await _agent(server, vps_a)
+        peer_b = await _agent(server, vps_b)
+        batch_id = await _run(client, vps_a["id"])
+        request = await peer_a.receive()
+        assert request is not None
+        assert request.batch_agent_command_request is not None
+        cid = request.batch_agent_command_request.command_id
+        spoof = pb.BatchCommandOutputStream(command_id=cid, stream_type=1, chunk=b"x", offset=0)
+        assert await peer_b.send(
+            message(vps_b["id"], vps_b["agent_secret"], batch_command_output_stream=spoof)
+        )
+        status, text = await peer_b.status()
+        assert status is Status.INVALID_ARGUMENT, text
+        assert "another VPS" in text
+        view = await batch_view(server, batch_id)
+        assert view["tasks"][0]["stdout_bytes"] == 0
+        assert server.services.registry.is_online(vps_a["id"])
+        await peer_a.close()
+        await peer_b.close()
+
+
 async def test_a_mistyped_field_is_invalid_not_a_crash(
     server: Endpoints, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
