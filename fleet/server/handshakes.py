@@ -26,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+import unicodedata
 from dataclasses import dataclass
 
 import betterproto2
@@ -68,17 +69,30 @@ def check_handshake(message: pb.MessageToServer, credentials: Credentials) -> st
 
 
 def agent_info(handshake: pb.AgentHandshake) -> AgentInfo:
-    """What the agent says about its machine, each field cut to what the store keeps."""
+    """What the agent says about its machine, each field cut to what the store keeps and with
+    control and format characters (terminal escapes, newlines, bidi overrides) replaced by
+    U+FFFD: these strings are shown in terminals and pages, and no machine's name holds them."""
     return AgentInfo(
-        hostname=handshake.hostname[:255],
+        hostname=_printable(handshake.hostname[:255]),
         os_type=_OS_TYPES.get(handshake.os_type, "OTHER"),
-        os_name=handshake.os_name[:255],
-        arch=handshake.arch[:64],
-        kernel_version=handshake.kernel_version[:255],
-        agent_version=handshake.agent_version[:64],
+        os_name=_printable(handshake.os_name[:255]),
+        arch=_printable(handshake.arch[:64]),
+        kernel_version=_printable(handshake.kernel_version[:255]),
+        agent_version=_printable(handshake.agent_version[:64]),
         open_command_ids=(
             frozenset(handshake.open_command_ids) if handshake.open_command_ids_complete else None
         ),
+    )
+
+
+_UNPRINTABLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def _printable(text: str) -> str:
+    if text.isprintable():  # the usual case, checked in C
+        return text
+    return "".join(
+        "\ufffd" if unicodedata.category(char) in _UNPRINTABLE else char for char in text
     )
 
 

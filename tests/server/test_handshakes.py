@@ -133,3 +133,14 @@ def test_agent_info_bounds_fields_and_names_unknown_os_types() -> None:
     assert info.os_type == "OTHER"
     assert len(info.hostname) == 255
     assert agent_info(pb.AgentHandshake(os_type=pb.OsType.MACOS)).os_type == "MACOS"
+
+
+def test_agent_info_replaces_control_and_format_characters() -> None:
+    hostile = pb.AgentHandshake(
+        hostname="web\x1b[31m-1\nINFO forged", os_name="Debian\u202egnp.exe", arch="x86_64"
+    )
+    info = agent_info(hostile)
+    assert info.hostname == "web\ufffd[31m-1\ufffdINFO forged"
+    assert info.os_name == "Debian\ufffdgnp.exe"
+    assert info.arch == "x86_64"
+    assert agent_info(pb.AgentHandshake(hostname="hôte-é\u00a01")).hostname == "hôte-é\u00a01"
