@@ -134,12 +134,18 @@ def _repeated(fd: FieldDescriptor) -> bool:
     return bool(fd.label == fd.LABEL_REPEATED)  # protobuf < 6
 
 
+def _map(fd: FieldDescriptor) -> bool:
+    return fd.message_type is not None and fd.message_type.GetOptions().map_entry
+
+
 def to_bp(g: GoogleMessage) -> betterproto2.Message:
     """The betterproto2 message with the same content, built field by field (not via bytes)."""
     kwargs: dict[str, Any] = {}
     for fd in g.DESCRIPTOR.fields:
         value = getattr(g, fd.name)
-        if fd.message_type is not None:
+        if _map(fd):
+            kwargs[fd.name] = dict(value)
+        elif fd.message_type is not None:
             if g.HasField(fd.name):
                 kwargs[fd.name] = to_bp(value)
         elif _repeated(fd):
@@ -161,7 +167,9 @@ def assert_same(g: GoogleMessage, b: betterproto2.Message, where: str = "") -> N
     for fd in g.DESCRIPTOR.fields:
         here = f"{where}.{fd.name}"
         gv, bv = getattr(g, fd.name), getattr(b, fd.name)
-        if fd.message_type is not None:
+        if _map(fd):
+            assert dict(bv) == dict(gv), here
+        elif fd.message_type is not None:
             assert (bv is not None) == g.HasField(fd.name), here
             if bv is not None:
                 assert_same(gv, bv, here)
@@ -214,6 +222,7 @@ REQUEST = {
     "content": '#!/bin/sh\necho ☃ "$HOME"\n',
     "working_directory": "/srv/app",
     "timeout_seconds": 2**32 - 1,
+    "environment": {"FLEET_PARAM_A": "$(touch pwned); '\"", "FLEET_PARAM_EMPTY": "", "É": "☃"},
 }
 ONE_ID = {"command_id": "3f2a-child"}
 TO_SERVER = {"client_message_id": 2**64 - 1, "vps_db_id": 2**31 - 1, "agent_secret": "s3cret"}
@@ -295,7 +304,7 @@ def test_every_field_of_every_message_is_exercised(google: dict[str, ModuleType]
     def visit(g: GoogleMessage) -> None:
         for fd, value in g.ListFields():
             seen.add((g.DESCRIPTOR.name, fd.name))
-            if fd.message_type is not None:
+            if fd.message_type is not None and not _map(fd):
                 visit(value)
 
     for name, spec in CASES.values():
@@ -436,7 +445,8 @@ CONTRACT: dict[str, dict[str, int]] = {
     "ServerHandshakeAck": {"authentication_successful": 1, "error_message": 2,
                            "server_time_unix_ms": 6},
     "BatchAgentCommandRequest": {"command_id": 1, "type": 2, "content": 3,
-                                 "working_directory": 4, "timeout_seconds": 5},
+                                 "working_directory": 4, "timeout_seconds": 5,
+                                 "environment": 6},
     "BatchTerminateCommandRequest": {"command_id": 1},
     "BatchCommandOutputStream": {"command_id": 1, "stream_type": 2, "chunk": 3, "timestamp": 4,
                                  "offset": 5},

@@ -124,6 +124,16 @@ class BatchAgentCommandRequest(betterproto2.Message):
     Extension: 0 = no limit.
     """
 
+    environment: "dict[str, str]" = betterproto2.field(
+        6,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+    )
+    """
+    Extension (SPEC §8): environment variables set on the command's process
+    (script parameters as FLEET_PARAM_<name>); never substituted into content.
+    """
+
 
 default_message_pool.register_message(
     "agent_service", "BatchAgentCommandRequest", BatchAgentCommandRequest
