@@ -17,6 +17,8 @@ from ._errors import InvalidTransition as InvalidTransition
 from ._errors import NotFound as NotFound
 from ._errors import ValidationError as ValidationError
 from ._events import Acked as Acked
+from ._events import AgentAway as AgentAway
+from ._events import AgentBack as AgentBack
 from ._events import AgentLost as AgentLost
 from ._events import AgentReturned as AgentReturned
 from ._events import BatchChanged as BatchChanged
@@ -31,6 +33,7 @@ from ._events import Reconciled as Reconciled
 from ._events import Rejected as Rejected
 from ._events import SendCommand as SendCommand
 from ._events import SendTerminate as SendTerminate
+from ._events import Skipped as Skipped
 from ._events import Started as Started
 from ._events import TerminateBatch as TerminateBatch
 from ._events import TerminateChild as TerminateChild
@@ -40,6 +43,16 @@ from ._output import STREAMS as STREAMS
 from ._output import Accepted as Accepted
 from ._output import OutputSummary as OutputSummary
 from ._output import StreamCursor as StreamCursor
+from ._params import ENV_PREFIX as ENV_PREFIX
+from ._params import MASK as MASK
+from ._params import MAX_PARAMETERS as MAX_PARAMETERS
+from ._params import MAX_VALUE_BYTES as MAX_VALUE_BYTES
+from ._params import ParamSpec as ParamSpec
+from ._params import check_parameters as check_parameters
+from ._params import mask_parameters as mask_parameters
+from ._params import param_environment as param_environment
+from ._params import validate_declarations as validate_declarations
+from ._params import validate_values as validate_values
 from ._request import ID_PATTERN as ID_PATTERN
 from ._request import MAX_ALIAS as MAX_ALIAS
 from ._request import MAX_COMMAND_BYTES as MAX_COMMAND_BYTES
@@ -60,6 +73,11 @@ from ._request import parse_id as parse_id
 from ._request import validate_batch_request as validate_batch_request
 from ._request import validate_script_body as validate_script_body
 from ._request import validate_vps_body as validate_vps_body
+from ._rollout import ERROR_STATUSES as ERROR_STATUSES
+from ._rollout import MAX_WAIT_FOR_AGENT_S as MAX_WAIT_FOR_AGENT_S
+from ._rollout import Rollout as Rollout
+from ._rollout import parse_limit as parse_limit
+from ._rollout import resolve_limit as resolve_limit
 from ._status import BatchStatus as BatchStatus
 from ._status import ChildStatus as ChildStatus
 from ._task import CHILD_TRANSITIONS as CHILD_TRANSITIONS
@@ -69,23 +87,31 @@ from ._task import ChildTask as ChildTask
 __all__ = [
     "BATCH_TRANSITIONS",
     "CHILD_TRANSITIONS",
+    "ENV_PREFIX",
+    "ERROR_STATUSES",
     "ID_PATTERN",
+    "MASK",
     "MAX_ALIAS",
     "MAX_COMMAND_BYTES",
     "MAX_DESCRIPTION",
     "MAX_ID_DIGITS",
     "MAX_NAME",
+    "MAX_PARAMETERS",
     "MAX_PATH",
     "MAX_TAG",
     "MAX_TAGS",
     "MAX_TARGETS",
     "MAX_TIMEOUT_S",
+    "MAX_VALUE_BYTES",
+    "MAX_WAIT_FOR_AGENT_S",
     "NAME_PATTERN",
     "STREAMS",
     "TAG_PATTERN",
     "TEXT_PATTERN",
     "Accepted",
     "Acked",
+    "AgentAway",
+    "AgentBack",
     "AgentLost",
     "AgentReport",
     "AgentReturned",
@@ -108,10 +134,13 @@ __all__ = [
     "NotFound",
     "OutputSeen",
     "OutputSummary",
+    "ParamSpec",
     "Reconciled",
     "Rejected",
+    "Rollout",
     "SendCommand",
     "SendTerminate",
+    "Skipped",
     "Started",
     "StreamCursor",
     "TerminateBatch",
@@ -119,10 +148,17 @@ __all__ = [
     "Tick",
     "Unreachable",
     "ValidationError",
+    "check_parameters",
     "check_references",
     "final_status",
+    "mask_parameters",
+    "param_environment",
     "parse_id",
+    "parse_limit",
+    "resolve_limit",
     "validate_batch_request",
+    "validate_declarations",
     "validate_script_body",
+    "validate_values",
     "validate_vps_body",
 ]

@@ -14,7 +14,11 @@ routes each child event to its child. State-triggered transitions are batch-leve
    ``COMPLETED_WITH_ERRORS``.
 3. A final batch never changes again; terminating it is a harmless no-op.
 
-Deadlines (``next_deadline``), fed back as ``Tick``, are the three per-child timers, all kept in
+Before those two, the rollout rules (``fleet.core._rollout``: R1 stop at the error threshold,
+R2 dispatch while a concurrency slot is free, R3 wait for an agent that is away) decide which
+children are sent now; ``start`` sends only what they allow.
+
+Deadlines (``next_deadline``), fed back as ``Tick``, are the four per-child timers, all kept in
 one heap and decided here:
 
 * reconnect grace: a child whose agent was lost is ``AGENT_UNREACHABLE`` once
@@ -24,7 +28,9 @@ one heap and decided here:
   only while the agent is connected (a terminate cannot reach a lost agent; it is sent again,
   and the clock restarted, when the agent comes back);
 * result deadline: a child with a command timeout and no result long after it
-  (``timeout + result_slack_s``) is a ``FAILURE`` and its agent is told to terminate.
+  (``timeout + result_slack_s``) is a ``FAILURE`` and its agent is told to terminate;
+* agent wait (rollout R3): a child waiting for its agent is ``AGENT_UNREACHABLE`` once
+  ``wait_for_agent_s`` passed without the agent connecting.
 
 Agents coming and going are batch-level inputs (``agent_connected``, ``agent_lost``) that the
 batch turns into child events for that VPS's children: an agent that lists the commands it holds
@@ -45,6 +51,8 @@ from dataclasses import dataclass
 
 from ._errors import InvalidTransition
 from ._events import (
+    AgentAway,
+    AgentBack,
     AgentLost,
     AgentReturned,
     BatchChanged,
@@ -55,10 +63,13 @@ from ._events import (
     Reconciled,
     SendCommand,
     SendTerminate,
+    Skipped,
     TerminateBatch,
     TerminateChild,
     Tick,
+    Unreachable,
 )
+from ._rollout import Dispatcher, Rollout
 from ._status import BatchStatus, ChildStatus
 from ._task import ChildTask
 
@@ -122,6 +133,8 @@ class Batch:
             (``ChildTask.restore``) for ``resume``.
         timeout_s: the command's timeout (0 = none), for the server-side result deadline.
         timers: reconnect grace, result slack and terminate confirmation.
+        rollout: concurrency, error threshold and agent wait (default: all at once, no
+            threshold, no wait).
     """
 
     def __init__(
@@ -131,6 +144,7 @@ class Batch:
         *,
         timeout_s: float = 0,
         timers: BatchTimers | None = None,
+        rollout: Rollout | None = None,
     ) -> None:
         self.batch_id = batch_id
         tasks = list(children)
@@ -157,6 +171,8 @@ class Batch:
         self._counts: Counter[ChildStatus] = Counter()
         self._sent_any = False
         self._deadlines: list[tuple[float, str]] = []  # a heap; stale entries are skipped
+        self.rollout = rollout or Rollout()
+        self._dispatch = Dispatcher(self.rollout, len(tasks))
         self._recount()
 
     @property
@@ -167,12 +183,32 @@ class Batch:
         """How many children are in each status (statuses with none are left out)."""
         return {status.value: n for status, n in self._counts.items() if n}
 
+    @property
+    def stop_reason(self) -> str | None:
+        """Why dispatching stopped (error threshold, terminate), or ``None``."""
+        return self._dispatch.stop_reason
+
+    def rollout_counts(self) -> dict[str, int]:
+        """``PENDING`` children split: ``queued`` (for a slot) and ``waiting_for_agent``."""
+        waiting = len(self._dispatch.waiting)
+        return {
+            "queued": self._dispatch.queued(self._counts[S.PENDING]),
+            "waiting_for_agent": waiting,
+        }
+
+    def wait_deadline(self, task: ChildTask) -> float | None:
+        """Until when a child waiting for its agent waits (``None``: it does not wait)."""
+        if task.waiting_since is None:
+            return None
+        return task.waiting_since + self.rollout.wait_for_agent_s
+
     def children_of(self, vps_id: int) -> list[ChildTask]:
         """The children that run on ``vps_id``."""
         return self._by_vps.get(vps_id, [])
 
     def start(self, *, now: float) -> list[Effect]:
-        """Ask for every ``PENDING`` child's command to be sent. Call once.
+        """Queue every ``PENDING`` child and ask for the commands the rollout allows now
+        (every one without ``max_concurrency``). Call once.
 
         A child that already ended (terminated before the batch was started) is not sent.
         """
@@ -180,11 +216,12 @@ class Batch:
             raise InvalidTransition(self.status, "start")
         self._started = True
         self.updated_at = now
-        return [
-            SendCommand(t.child_id, t.vps_id)
-            for t in self.children.values()
-            if t.status is S.PENDING
-        ]
+        self._dispatch.queue.extend(
+            t.child_id for t in self.children.values() if t.status is S.PENDING
+        )
+        effects: list[Effect] = []
+        self._pump(effects)
+        return effects
 
     def resume(self, *, now: float, user_terminated: bool = False) -> list[Effect]:
         """Carry on after the owner restarted, with children restored as stored.
@@ -230,6 +267,12 @@ class Batch:
             self._terminate_batch(now, effects)
         elif isinstance(event, Tick):
             self._tick(now, effects)
+        elif (
+            isinstance(event, Unreachable)
+            and self.rollout.wait_for_agent_s > 0
+            and self.children[event.child_id].status is S.PENDING
+        ):
+            self._child_event(AgentAway(event.child_id), now, effects)  # rollout R3
         else:
             self._child_event(event, now, effects)
         self._settle(now, effects)
@@ -253,7 +296,10 @@ class Batch:
         for task in self.children_of(vps_id):
             if task.is_terminal:
                 continue
-            if open_ids is None:
+            if task.waiting_since is not None:  # rollout R3: dispatched as soon as a slot is free
+                self._child_event(AgentBack(task.child_id), now, effects)
+                self._dispatch.queue.appendleft(task.child_id)
+            elif open_ids is None:
                 self._returned(task, now, effects)
             else:
                 self._reconcile(task, task.child_id in open_ids, now, effects)
@@ -305,7 +351,7 @@ class Batch:
         if task.status is S.PENDING:
             if task.maybe_sent:
                 self._child_event(Reconciled(task.child_id, listed=False), now, effects)
-                effects.append(SendCommand(task.child_id, task.vps_id))
+                self._dispatch.queue.appendleft(task.child_id)  # sent when a slot is free
             return
         if task.lost_since is None:
             return
@@ -323,7 +369,9 @@ class Batch:
         if listed:
             if task.status is S.TERMINATING:
                 effects.append(SendTerminate(task.child_id, task.vps_id))
-        elif was in (S.PENDING, S.SENT_TO_AGENT):
+        elif was is S.PENDING:
+            self._dispatch.queue.appendleft(task.child_id)  # never sent: sent when a slot is free
+        elif was is S.SENT_TO_AGENT:
             effects.append(SendCommand(task.child_id, task.vps_id))
         elif was is S.TERMINATING and task.started_at is None and task.pid is None:
             self._expire(task, S.SKIPPED, "not run: terminated before it reached the agent", now)
@@ -339,6 +387,8 @@ class Batch:
         if not self.user_terminated:
             self.user_terminated = True
             self.updated_at = now
+            if self._dispatch.stop_reason is None and self._counts[S.PENDING]:
+                self._dispatch.stop_reason = "batch terminated"
             effects.append(BatchChanged())
         for task in self.children.values():
             if task.is_terminal or task.status is S.TERMINATING:
@@ -351,7 +401,12 @@ class Batch:
             task = self.children[child_id]
             if self._deadline(task) != deadline:
                 continue  # stale entry
-            if task.lost_since is not None:
+            if task.waiting_since is not None:
+                wait = self.rollout.wait_for_agent_s
+                self._expire(
+                    task, S.AGENT_UNREACHABLE, f"agent did not connect within {wait:g} s", now
+                )
+            elif task.lost_since is not None:
                 grace = self.timers.reconnect_grace_s
                 if task.maybe_sent:
                     message = (
@@ -391,6 +446,12 @@ class Batch:
         if task.status is not was:
             self._counts[was] -= 1
             self._counts[task.status] += 1
+        if task.status is not S.PENDING or task.waiting_since is not None:
+            self._dispatch.sending.discard(task.child_id)  # no slot any more, or its own now
+        if task.waiting_since is None:
+            self._dispatch.waiting.discard(task.child_id)
+        else:
+            self._dispatch.waiting.add(task.child_id)
         if task.sent_at is not None:
             self._sent_any = True
         if self._deadline(task) != was_deadline:
@@ -400,6 +461,7 @@ class Batch:
         tasks = self.children.values()
         self._counts = Counter(t.status for t in tasks)
         self._sent_any = any(t.sent_at is not None for t in tasks)
+        self._dispatch.waiting = {t.child_id for t in tasks if t.waiting_since is not None}
         self._deadlines = []
         for task in tasks:
             self._push_deadline(task)
@@ -418,6 +480,8 @@ class Batch:
         """The child's earliest deadline (lost agent first: then no other clock runs)."""
         if task.is_terminal:
             return None
+        if task.waiting_since is not None:
+            return task.waiting_since + self.rollout.wait_for_agent_s
         if task.lost_since is not None:
             return task.lost_since + self.timers.reconnect_grace_s
         candidates = []
@@ -432,6 +496,11 @@ class Batch:
         rule 1 only reads children, rule 2 reads rule 1's result, and a final status (rule 2)
         enables no earlier rule; so a second pass would change nothing."""
         before = self.status
+        if self._dispatch.check_errors(self._counts):  # rollout R1
+            effects.append(BatchChanged())
+        if self._dispatch.stop_reason is not None:
+            self._skip_undispatched(now, effects)
+        self._pump(effects)  # rollout R2
         if self.status is B.PENDING and (not self._counts[S.PENDING] or self._sent_any):
             self.status = B.IN_PROGRESS
         live = sum(n for status, n in self._counts.items() if not status.is_terminal)
@@ -442,3 +511,25 @@ class Batch:
             self.updated_at = now
             if not any(isinstance(e, BatchChanged) for e in effects):
                 effects.append(BatchChanged())
+
+    def _pump(self, effects: list[Effect]) -> None:
+        """Rollout R2: send queued children while a slot is free."""
+        dispatch = self._dispatch
+        while (child_id := dispatch.next_to_send(self._counts)) is not None:
+            task = self.children[child_id]
+            if task.status is not S.PENDING or task.waiting_since is not None:
+                continue  # moved on since it was queued (terminated, waiting)
+            dispatch.sending.add(child_id)
+            effects.append(SendCommand(child_id, task.vps_id))
+
+    def _skip_undispatched(self, now: float, effects: list[Effect]) -> None:
+        """Rollout R1: every child not dispatched yet ends ``SKIPPED``."""
+        reason = (
+            "not run: batch terminated"
+            if self.user_terminated
+            else "not run: error threshold reached"
+        )
+        for child_id in list(self._dispatch.undispatched()):
+            task = self.children[child_id]
+            if task.status is S.PENDING and not task.maybe_sent:
+                self._child_event(Skipped(child_id, reason), now, effects)

@@ -12,6 +12,8 @@ from ._status import ChildStatus
 
 __all__ = [
     "Acked",
+    "AgentAway",
+    "AgentBack",
     "AgentLost",
     "AgentReturned",
     "BatchChanged",
@@ -26,6 +28,7 @@ __all__ = [
     "Rejected",
     "SendCommand",
     "SendTerminate",
+    "Skipped",
     "Started",
     "TerminateBatch",
     "TerminateChild",
@@ -177,6 +180,40 @@ class Reconciled:
         _need_id(self.child_id)
 
 
+@dataclass(frozen=True)
+class AgentAway:
+    """The child's agent was not connected at its turn and the batch waits for it (SPEC §8
+    ``wait_for_agent_seconds``): the child stays ``PENDING``, holding no slot."""
+
+    child_id: str
+
+    def __post_init__(self) -> None:
+        _need_id(self.child_id)
+
+
+@dataclass(frozen=True)
+class AgentBack:
+    """The agent a waiting child waits for connected: the child is queued again."""
+
+    child_id: str
+
+    def __post_init__(self) -> None:
+        _need_id(self.child_id)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """The child will never be dispatched (a rollout stopped); ``reason`` says why."""
+
+    child_id: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        _need_id(self.child_id)
+        if not self.reason:
+            raise ValueError("a skipped child needs a reason")
+
+
 ChildEvent = (
     Dispatched
     | Unreachable
@@ -189,6 +226,9 @@ ChildEvent = (
     | AgentLost
     | AgentReturned
     | Reconciled
+    | AgentAway
+    | AgentBack
+    | Skipped
 )
 
 # --- events about the whole batch ------------------------------------------------------------

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import ValidationError
+from ._params import ParamSpec, validate_declarations, validate_values
+from ._rollout import MAX_WAIT_FOR_AGENT_S, Limit, parse_limit
 
 __all__ = [
     "ID_PATTERN",
@@ -94,6 +96,11 @@ _FIELDS = frozenset(
         "target_vps_ids",
         "execution_alias",
         "timeout_seconds",
+        "max_concurrency",
+        "max_errors",
+        "wait_for_agent_seconds",
+        "target_tags",
+        "parameters",
     }
 )
 
@@ -108,6 +115,11 @@ class BatchRequest:
     working_directory: str | None = None
     execution_alias: str | None = None
     timeout_seconds: int = 0
+    max_concurrency: Limit | None = None
+    max_errors: Limit | None = None
+    wait_for_agent_seconds: int = 0
+    target_tags: tuple[str, ...] = ()
+    parameters: Mapping[str, str] = field(default_factory=dict)
 
 
 def parse_id(value: object) -> int | None:
@@ -166,7 +178,8 @@ def validate_batch_request(body: object) -> BatchRequest:
         if script_id is None:
             fail("script_id", "must be a positive integer")
 
-    targets = _targets(body.get("target_vps_ids"), fail)
+    target_tags = _tags(body.get("target_tags"), fail)
+    targets = _targets(body.get("target_vps_ids"), fail, required=not target_tags)
     working_directory = _optional_text(
         body.get("working_directory"), "working_directory", MAX_PATH, fail
     )
@@ -182,9 +195,33 @@ def validate_batch_request(body: object) -> BatchRequest:
         else:
             timeout_seconds = timeout
 
+    limits: dict[str, Limit | None] = {}
+    for name, minimum in (("max_concurrency", 1), ("max_errors", 0)):
+        limits[name] = None
+        if body.get(name) is not None:
+            try:
+                limits[name] = parse_limit(body[name], minimum=minimum)
+            except ValueError as exc:
+                fail(name, str(exc))
+    wait = body.get("wait_for_agent_seconds")
+    wait_for_agent = 0
+    if wait is not None:
+        if isinstance(wait, bool) or not isinstance(wait, int):
+            fail("wait_for_agent_seconds", "must be a whole number of seconds")
+        elif not 0 <= wait <= MAX_WAIT_FOR_AGENT_S:
+            fail("wait_for_agent_seconds", f"must be between 0 and {MAX_WAIT_FOR_AGENT_S}")
+        else:
+            wait_for_agent = wait
+    parameters = validate_values(body.get("parameters"), errors)
+
     if errors:
         raise ValidationError(errors)
     return BatchRequest(
+        max_concurrency=limits["max_concurrency"],
+        max_errors=limits["max_errors"],
+        wait_for_agent_seconds=wait_for_agent,
+        target_tags=target_tags,
+        parameters=parameters,
         target_vps_ids=targets,
         command_content=command_content,
         script_id=script_id,
@@ -222,9 +259,26 @@ def check_references(
         raise ValidationError(errors)
 
 
-def _targets(value: object, fail: Any) -> tuple[int, ...]:
+def _tags(value: object, fail: Any) -> tuple[str, ...]:
     if value is None:
-        fail("target_vps_ids", "is required: a non-empty list of VPS ids")
+        return ()
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        fail("target_tags", "must be a list of tags (strings)")
+        return ()
+    if len(value) > MAX_TAGS:
+        fail("target_tags", f"at most {MAX_TAGS} tags")
+        return ()
+    tags = tuple(dict.fromkeys(t.strip() for t in value if t.strip()))
+    if any(len(t) > MAX_TAG or not t.isprintable() for t in tags):
+        fail("target_tags", f"tags are up to {MAX_TAG} printable characters")
+        return ()
+    return tags
+
+
+def _targets(value: object, fail: Any, *, required: bool = True) -> tuple[int, ...]:
+    if value is None or (value == [] and not required):
+        if required:
+            fail("target_vps_ids", "is required: a non-empty list of VPS ids")
         return ()
     if not isinstance(value, list):
         fail("target_vps_ids", "must be a list of VPS ids")
@@ -327,8 +381,9 @@ def validate_vps_body(body: object, *, partial: bool = False) -> dict[str, Any]:
     return out
 
 
-def validate_script_body(body: object) -> dict[str, str]:
-    """Check a script body (``{name, description?, content}``); return the normalised fields.
+def validate_script_body(body: object) -> dict[str, Any]:
+    """Check a script body (``{name, description?, content, parameters?}``); return the
+    normalised fields (``parameters``: a tuple of ``ParamSpec``).
 
     Raises:
         ValidationError: with every problem found.
@@ -336,7 +391,8 @@ def validate_script_body(body: object) -> dict[str, str]:
     if not isinstance(body, Mapping):
         raise ValidationError([{"field": "body", "reason": "must be a JSON object"}])
     errors: list[dict[str, Any]] = []
-    for name in sorted(set(body) - {"name", "description", "content", "id"}, key=str):
+    keys = {"name", "description", "content", "id", "parameters"}
+    for name in sorted(set(body) - keys, key=str):
         errors.append({"field": str(name), "reason": "unknown field"})
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
@@ -363,9 +419,15 @@ def validate_script_body(body: object) -> dict[str, str]:
         errors.append({"field": "content", "reason": _NOT_UNICODE})
     elif len(content.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
         errors.append({"field": "content", "reason": f"must be at most {MAX_COMMAND_BYTES} bytes"})
+    parameters: tuple[ParamSpec, ...] = validate_declarations(body.get("parameters"), errors)
     if errors:
         raise ValidationError(errors)
     assert isinstance(name, str)
     assert isinstance(content, str)
     assert isinstance(description, str)
-    return {"name": name.strip(), "description": description, "content": content}
+    return {
+        "name": name.strip(),
+        "description": description,
+        "content": content,
+        "parameters": parameters,
+    }

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from ._errors import InvalidTransition
 from ._events import (
     Acked,
+    AgentAway,
+    AgentBack,
     AgentLost,
     AgentReturned,
     ChildEvent,
@@ -41,6 +43,7 @@ from ._events import (
     OutputSeen,
     Reconciled,
     Rejected,
+    Skipped,
     Started,
     TerminateChild,
     Unreachable,
@@ -83,6 +86,10 @@ CHILD_TRANSITIONS: dict[tuple[ChildStatus, type], ChildStatus | None] = {
     # The agent listed the command: it is there. PENDING after a restart: it did reach it.
     (S.PENDING, Reconciled): None,
     **{(s, Reconciled): s for s in _LIVE},
+    # Rollout (``fleet.core._rollout``): waiting for an agent that is away, never dispatched.
+    (S.PENDING, AgentAway): S.PENDING,
+    (S.PENDING, AgentBack): S.PENDING,
+    (S.PENDING, Skipped): S.SKIPPED,
 }
 
 
@@ -103,6 +110,8 @@ class ChildTask:
 
     ``maybe_sent``: a ``PENDING`` child restored after a restart, whose command may have been
     sent just before the restart; nobody knows until its agent says (``Reconciled``).
+    ``waiting_since``: since when a ``PENDING`` child waits for its agent (SPEC §8
+    ``wait_for_agent_seconds``), ``None`` when it does not.
     ``terminate_requested_at``: when the child became ``TERMINATING`` (the confirmation
     deadline counts from it). ``ended_by_server``: the status was decided here, not reported
     by the agent (a late result is then kept as ``agent_reported``).
@@ -124,6 +133,7 @@ class ChildTask:
     terminate_requested_at: float | None = None
     ended_by_server: bool = False
     agent_reported: AgentReport | None = None
+    waiting_since: float | None = None
     updated_at: float | None = None
 
     @classmethod
@@ -187,6 +197,7 @@ class ChildTask:
         self.error_message = message
         self.completed_at = now
         self.lost_since = None
+        self.waiting_since = None
         self.terminate_requested_at = None
         self.ended_by_server = True
         self.updated_at = now
@@ -206,6 +217,14 @@ class ChildTask:
         if isinstance(event, Dispatched):
             self.sent_at = now
             self.maybe_sent = False
+            self.waiting_since = None
+        elif isinstance(event, AgentAway):
+            self.waiting_since = now
+        elif isinstance(event, AgentBack):
+            self.waiting_since = None
+        elif isinstance(event, Skipped):
+            self.error_message = event.reason
+            self.completed_at = now
         elif isinstance(event, Unreachable):
             self.error_message = event.reason
             self.completed_at = now
@@ -248,7 +267,15 @@ class ChildTask:
                 self.sent_at = now
         if self.is_terminal:
             self.lost_since = None
+            self.waiting_since = None
             self.terminate_requested_at = None
 
     def _visible(self) -> tuple[object, ...]:
-        return (self.status, self.exit_code, self.error_message, self.started_at, self.completed_at)
+        return (
+            self.status,
+            self.exit_code,
+            self.error_message,
+            self.started_at,
+            self.completed_at,
+            self.waiting_since,
+        )

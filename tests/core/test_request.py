@@ -412,11 +412,12 @@ def script_errors(body: object) -> list[str]:
 def test_script_body_is_normalised() -> None:
     assert validate_script_body(
         {"id": 4, "name": " deploy ", "description": None, "content": "#!/bin/sh\necho hi\n"}
-    ) == {"name": "deploy", "description": "", "content": "#!/bin/sh\necho hi\n"}
+    ) == {"name": "deploy", "description": "", "content": "#!/bin/sh\necho hi\n", "parameters": ()}
     assert validate_script_body({"name": "n", "description": "why", "content": "x"}) == {
         "name": "n",
         "description": "why",
         "content": "x",
+        "parameters": (),
     }
 
 
