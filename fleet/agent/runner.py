@@ -8,7 +8,9 @@ Conventions (documented for the server and operators):
   ``noexec`` temporary directory does not matter.
 - stdin is ``/dev/null``; the process starts a new session, so it and everything it spawns form
   one process group that can be signalled as a whole. Its environment is the agent's plus
-  ``FLEET_COMMAND_ID=<id>`` (so a restarted agent can tell the command's processes apart).
+  ``FLEET_COMMAND_ID=<id>`` (so a restarted agent can tell the command's processes apart) plus
+  the request's ``environment``: script parameters, only ``FLEET_PARAM_<name>`` variables (a
+  request with any other name, or a NUL in a value, is refused before anything starts).
 - ``exit_code`` is the main process's exit status; **killed by signal N → ``-N``** (Python's
   convention), e.g. -9 after SIGKILL. A command that could not start (missing working
   directory, interpreter not found) is ``FAILURE`` with exit code 127 and the reason.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -61,6 +64,8 @@ COULD_NOT_START = 127
 _GROUP_POLL_S = 0.05
 #: How long SIGKILLed members may take to disappear.
 _KILL_WAIT_S = 2.0
+#: The only environment variables a request may set (SPEC §8 script parameters).
+_PARAM_ENV = re.compile(r"FLEET_PARAM_[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 class OutputSink(Protocol):
@@ -78,6 +83,7 @@ class CommandSpec:
     content: str
     working_directory: str = ""
     timeout_s: int = 0  # 0 = no limit
+    environment: tuple[tuple[str, str], ...] = ()  # FLEET_PARAM_<name> = value
 
     @classmethod
     def from_request(cls, request: pb.BatchAgentCommandRequest) -> CommandSpec:
@@ -86,6 +92,7 @@ class CommandSpec:
             content=request.content,
             working_directory=request.working_directory,
             timeout_s=request.timeout_seconds,
+            environment=tuple(sorted((request.environment or {}).items())),
         )
 
 
@@ -145,7 +152,7 @@ async def run_command(
                 stderr=subprocess.PIPE,
                 cwd=cwd,
                 start_new_session=True,
-                env={**os.environ, COMMAND_ID_ENV: spec.command_id},
+                env={**os.environ, **dict(spec.environment), COMMAND_ID_ENV: spec.command_id},
             )
         except OSError as error:
             where = f" in {cwd}" if cwd else ""
@@ -370,6 +377,9 @@ def _prepare(spec: CommandSpec, cwd: str | None) -> str | pb.BatchCommandResult:
     """Check the working directory and write the script file (in a worker thread)."""
     if cwd is not None and not os.path.isdir(cwd):
         return _could_not_start(spec, f"working directory does not exist: {cwd}")
+    for name, value in spec.environment:
+        if _PARAM_ENV.fullmatch(name) is None or "\x00" in value:
+            return _could_not_start(spec, f"refused environment variable {name[:80]!r}")
     try:
         return _write_script(spec.content)
     except OSError as error:

@@ -92,9 +92,11 @@ class AgentInfo:
 # --- messages to an agent ----------------------------------------------------------------------
 
 
-def command_message(batch: BatchRecord, child_id: str) -> pb.MessageToAgent:
+def command_message(
+    batch: BatchRecord, child_id: str, environment: dict[str, str] | None = None
+) -> pb.MessageToAgent:
     """The request that runs ``batch``'s command as ``child_id`` (a saved script is sent with
-    its content, never just its id)."""
+    its content, never just its id); ``environment``: its parameters (SPEC §8)."""
     kind = (
         pb.CommandType.SAVED_SCRIPT
         if batch.command_type == "SAVED_SCRIPT"
@@ -107,6 +109,7 @@ def command_message(batch: BatchRecord, child_id: str) -> pb.MessageToAgent:
             content=batch.command_content,
             working_directory=batch.working_directory or "",
             timeout_seconds=batch.timeout_seconds,
+            environment=dict(environment or {}),
         )
     )
 

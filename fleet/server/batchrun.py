@@ -12,15 +12,25 @@ confirmation is one of ``core.Batch``'s deadlines, which ends the child (and so 
 the agent does not answer. A server shutdown cancels the wait with everything else; the child
 stays ``TERMINATING`` in the store and the restarted server asks the agent again.
 
+Effects are carried out in order, one at a time: an effect that feeds the batch an event (a
+send that reports ``Dispatched`` or ``Unreachable``) queues that event's effects behind the
+others instead of recursing, so a rollout that walks through 10,000 unreachable targets one
+slot at a time needs no deep stack.
+
+Script parameters reach the agent as ``BatchAgentCommandRequest.environment``. Secret values
+live only in this object's memory (never in the store, the record, the feed or a log) and are
+dropped as soon as no child may still need its command sent (SPEC §8).
+
 Every time here is trio time (``WallClock`` converts it at the edge, when stored or shown).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -34,7 +44,7 @@ from .clock import WallClock
 from .metrics import ServerMetrics
 from .output import BatchOutput
 from .store import BatchRecord, BatchUpdate, ChildRecord, ChildUpdate
-from .views import batch_view, child_update_event, iso
+from .views import batch_view, child_update_event, iso, rollout_view
 
 __all__ = ["BatchRun", "NullFeed", "Publisher", "Recorder", "RunDeps"]
 
@@ -103,6 +113,8 @@ class BatchRun:
         deps: what it talks to.
         on_final: called (synchronously) once the batch reached its final status.
         resumed: the batch was restored after a server restart (``core.Batch.resume``).
+        secrets: the values of the batch's secret parameters (``record.secret_parameters``),
+            held in memory only until every command was sent.
     """
 
     def __init__(
@@ -112,6 +124,7 @@ class BatchRun:
         *,
         on_final: Callable[[BatchRun], None],
         resumed: bool = False,
+        secrets: Mapping[str, str] | None = None,
     ) -> None:
         self.record = record
         self.id = record.id
@@ -132,9 +145,21 @@ class BatchRun:
             ]
         else:
             tasks = [core.ChildTask(c.id, c.vps_id, c.vps_name) for c in record.children]
-        self.batch = core.Batch(
-            record.id, tasks, timeout_s=record.timeout_seconds, timers=deps.timers
+        rollout = core.Rollout(
+            max_concurrency=record.max_concurrency,
+            max_errors=record.max_errors,
+            wait_for_agent_s=record.wait_for_agent_seconds,
         )
+        self.batch = core.Batch(
+            record.id,
+            tasks,
+            timeout_s=record.timeout_seconds,
+            timers=deps.timers,
+            rollout=rollout,
+        )
+        self._secrets: dict[str, str] | None = dict(secrets or {})
+        self._effects: collections.deque[core.Effect] = collections.deque()
+        self._applying = False
         self.output = BatchOutput(
             record.children, cap=deps.output_cap, summary_lines=deps.summary_lines
         )
@@ -200,21 +225,57 @@ class BatchRun:
         return True
 
     def _apply(self, effects: list[core.Effect]) -> None:
-        for effect in effects:
-            if isinstance(effect, core.SendCommand):
-                self._dispatch(effect.child_id)
-            elif isinstance(effect, core.SendTerminate):
-                self._terminate(effect.child_id)
-            elif isinstance(effect, core.ChildChanged):
-                self._child_changed(effect.child_id)
-            elif isinstance(effect, core.BatchChanged):
-                self._batch_changed()
+        """Carry out effects in order; nested ones join the queue (module doc)."""
+        self._effects.extend(effects)
+        if self._applying:
+            return
+        self._applying = True
+        try:
+            while self._effects:
+                self._carry_out(self._effects.popleft())
+        finally:
+            self._applying = False
+
+    def _carry_out(self, effect: core.Effect) -> None:
+        if isinstance(effect, core.SendCommand):
+            self._dispatch(effect.child_id)
+        elif isinstance(effect, core.SendTerminate):
+            self._terminate(effect.child_id)
+        elif isinstance(effect, core.ChildChanged):
+            self._child_changed(effect.child_id)
+        elif isinstance(effect, core.BatchChanged):
+            self._batch_changed()
+
+    def _environment(self) -> dict[str, str] | None:
+        """The parameters as environment variables; ``None`` when secret values are needed but
+        gone (the server restarted since the batch was created: they are never stored)."""
+        values = dict(self.record.parameters)
+        if self.record.secret_parameters:
+            if self._secrets is None or set(self._secrets) < set(self.record.secret_parameters):
+                return None
+            values |= self._secrets
+        return core.param_environment(values)
+
+    def _forget_secrets(self) -> None:
+        """Drop secret values once no child may need its command sent (again)."""
+        if self._secrets is None:
+            return
+        counts = self.batch.counts()
+        if not counts.get("PENDING") and not counts.get("SENT_TO_AGENT"):
+            self._secrets = None
 
     def _dispatch(self, child_id: str) -> None:
         task = self.batch.children[child_id]
         if task.is_terminal:
             return  # ended before its turn (terminated)
-        if self._deps.agents.send(task.vps_id, command_message(self.record, child_id)):
+        environment = self._environment()
+        if environment is None:
+            if task.status is core.ChildStatus.PENDING:
+                reason = "not run: its secret parameters were not kept across a server restart"
+                self._handle(core.Skipped(child_id, reason))
+            return
+        message = command_message(self.record, child_id, environment)
+        if self._deps.agents.send(task.vps_id, message):
             self._handle(core.Dispatched(child_id))
         elif task.status is core.ChildStatus.PENDING:
             self._handle(core.Unreachable(child_id))
@@ -256,6 +317,7 @@ class BatchRun:
         if task.is_terminal:
             self._done[child_id].set()
             self.output.close(child_id)
+        self._forget_secrets()
 
     def _batch_changed(self) -> None:
         b = self.batch
@@ -263,7 +325,13 @@ class BatchRun:
         updated = clock.to_datetime(b.updated_at if b.updated_at is not None else clock.now())
         completed = clock.to_datetime(b.completed_at)
         self._deps.recorder.batch(
-            BatchUpdate(self.id, status=b.status, updated_at=updated, completed_at=completed)
+            BatchUpdate(
+                self.id,
+                status=b.status,
+                updated_at=updated,
+                completed_at=completed,
+                stop_reason=b.stop_reason,
+            )
         )
         self._deps.feed.publish(
             self.id,
@@ -274,6 +342,7 @@ class BatchRun:
                 "counts": b.counts(),
                 "updated_at": iso(updated),
                 "completed_at": iso(completed),
+                **rollout_view(self._rollout_record()),
             },
         )
         if b.is_final:
@@ -401,7 +470,19 @@ class BatchRun:
             agent_completed_at=clock.to_datetime(task.completed_at) or base.agent_completed_at,
             last_output_at=clock.to_datetime(task.last_output_at) or base.last_output_at,
             agent_reported=self._agent_reported(task) or base.agent_reported,
+            waiting_until=clock.to_datetime(self.batch.wait_deadline(task)),
             **self.output.fields(child_id, summaries=summaries),
+        )
+
+    def _rollout_record(self) -> BatchRecord:
+        """The record with the live rollout facts (no children: cheap)."""
+        b = self.batch
+        return dataclasses.replace(
+            self.record,
+            counts=b.counts(),
+            stop_reason=b.stop_reason,
+            rollout_counts=b.rollout_counts(),
+            children=(),
         )
 
     def snapshot(self) -> BatchRecord:
@@ -413,6 +494,8 @@ class BatchRun:
             updated_at=clock.to_datetime(b.updated_at) or self.record.updated_at,
             completed_at=clock.to_datetime(b.completed_at),
             counts=b.counts(),
+            stop_reason=b.stop_reason,
+            rollout_counts=b.rollout_counts(),
             children=tuple(self.child_record(c) for c in self.batch.children),
         )
 

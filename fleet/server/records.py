@@ -53,6 +53,8 @@ class ScriptRecord:
     content: str
     created_at: datetime
     updated_at: datetime
+    #: Declared parameters (SPEC §8), as stored: ``ParamSpec.stored()`` dicts.
+    parameters: tuple[dict[str, Any], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,6 +80,8 @@ class ChildRecord:
     truncated: bool
     #: ``{status, exit_code, at}``: what the agent reported after the server ended the child.
     agent_reported: dict[str, Any] | None = None
+    #: Until when the child waits for its agent (rollout; live only, never stored).
+    waiting_until: datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -99,6 +103,18 @@ class BatchRecord:
     completed_at: datetime | None
     counts: dict[str, int]
     children: tuple[ChildRecord, ...] = ()
+    # Rollout and parameters (SPEC §8). ``parameters`` are as shown: secret values masked;
+    # ``secret_parameters`` names them (their values are never stored).
+    max_concurrency: int | str | None = None
+    max_errors: int | str | None = None
+    wait_for_agent_seconds: int = 0
+    stop_reason: str | None = None
+    rerun_of: str | None = None
+    target_tags: tuple[str, ...] = ()
+    parameters: dict[str, str] = dataclasses.field(default_factory=dict)
+    secret_parameters: tuple[str, ...] = ()
+    #: Live only: ``{"queued", "waiting_for_agent"}`` of a running batch.
+    rollout_counts: dict[str, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,3 +145,4 @@ class BatchUpdate:
     status: BatchStatus | None = None
     updated_at: datetime | None = None
     completed_at: datetime | None = None
+    stop_reason: str | None = None

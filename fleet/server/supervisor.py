@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import betterproto2
@@ -95,10 +96,17 @@ class Supervisor:
             task_status.started()
             await trio.sleep_forever()
 
-    def submit(self, record: BatchRecord, *, resumed: bool = False) -> BatchRun:
-        """Start running a stored batch (``resumed`` after a server restart)."""
+    def submit(
+        self,
+        record: BatchRecord,
+        *,
+        resumed: bool = False,
+        secrets: Mapping[str, str] | None = None,
+    ) -> BatchRun:
+        """Start running a stored batch (``resumed`` after a server restart); ``secrets``: the
+        values of its secret parameters (memory only, SPEC §8)."""
         assert self._nursery is not None, "Supervisor.run is not running"
-        run = BatchRun(record, self.deps, on_final=self._finished, resumed=resumed)
+        run = BatchRun(record, self.deps, on_final=self._finished, resumed=resumed, secrets=secrets)
         self._runs[run.id] = run
         for child_id in run.batch.children:
             self._owner[child_id] = run

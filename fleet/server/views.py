@@ -14,6 +14,7 @@ __all__ = [
     "child_view",
     "from_ts",
     "iso",
+    "rollout_view",
     "script_view",
     "vps_view",
 ]
@@ -49,6 +50,22 @@ def child_view(c: ChildRecord) -> dict[str, Any]:
         "stderr_bytes": c.stderr_bytes,
         "truncated": c.truncated,
         "agent_reported": c.agent_reported,
+        "waiting_until": iso(c.waiting_until),
+    }
+
+
+def rollout_view(b: BatchRecord) -> dict[str, Any]:
+    """The rollout fields (SPEC §8) that ``GET`` and the feed show of a batch."""
+    pending = b.counts.get("PENDING", 0)
+    live = b.rollout_counts or {"queued": pending, "waiting_for_agent": 0}
+    return {
+        "max_concurrency": b.max_concurrency,
+        "max_errors": b.max_errors,
+        "wait_for_agent_seconds": b.wait_for_agent_seconds,
+        "stop_reason": b.stop_reason,
+        "queued": live["queued"],
+        "waiting_for_agent": live["waiting_for_agent"],
+        "skipped": b.counts.get("SKIPPED", 0),
     }
 
 
@@ -68,6 +85,11 @@ def batch_view(b: BatchRecord) -> dict[str, Any]:
         "updated_at": iso(b.updated_at),
         "completed_at": iso(b.completed_at),
         "counts": dict(b.counts),
+        **rollout_view(b),
+        "rerun_of": b.rerun_of,
+        "target_tags": list(b.target_tags),
+        "parameters": dict(b.parameters),
+        "created_by": b.user_id,
         "tasks": [child_view(c) for c in b.children],
     }
 
@@ -85,6 +107,8 @@ def batch_summary_view(b: BatchRecord) -> dict[str, Any]:
         "completed_at": iso(b.completed_at),
         "target_count": sum(b.counts.values()),
         "counts": dict(b.counts),
+        **rollout_view(b),
+        "rerun_of": b.rerun_of,
     }
 
 
@@ -104,6 +128,7 @@ def child_update_event(c: ChildRecord) -> dict[str, Any]:
         "stderr_bytes": c.stderr_bytes,
         "truncated": c.truncated,
         "agent_reported": c.agent_reported,
+        "waiting_until": iso(c.waiting_until),
     }
 
 
@@ -133,4 +158,8 @@ def script_view(s: ScriptRecord) -> dict[str, Any]:
         "content": s.content,
         "created_at": iso(s.created_at),
         "updated_at": iso(s.updated_at),
+        "parameters": [
+            p | {"default": "***"} if p.get("secret") and p.get("default") is not None else p
+            for p in s.parameters
+        ],
     }

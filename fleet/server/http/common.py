@@ -107,14 +107,17 @@ def _number_error(what: str) -> core.ValidationError:
     )
 
 
-async def json_body() -> Any:
-    """The request's JSON body; malformed JSON is a 400 that says where.
+async def json_body(*, optional: bool = False) -> Any:
+    """The request's JSON body; malformed JSON is a 400 that says where (``optional``: an empty
+    body is ``None``).
 
     A body still arriving after ``BODY_TIMEOUT`` is a 408 (Quart raises it); a number of more
     than ``MAX_DIGITS`` digits is a 422; ``NaN`` and ``Infinity`` are not JSON (400).
     """
     raw = await request.get_data(cache=False)
     if not raw:
+        if optional:
+            return None
         raise ApiError(400, "bad_request", "expected a JSON body")
     try:
         return json.loads(

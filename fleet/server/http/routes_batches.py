@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import uuid
-from datetime import UTC, datetime
 
 import trio
 from quart import Response, request, send_file, websocket
@@ -21,6 +19,7 @@ from fleet.server.store import BatchRecord, Store
 from fleet.server.views import batch_summary_view, batch_view, from_ts
 
 from .common import (
+    ApiError,
     Services,
     command_path_id,
     int_arg,
@@ -28,6 +27,7 @@ from .common import (
     json_response,
     pump,
 )
+from .launch import create_from_body, rerun
 
 __all__ = ["register"]
 
@@ -43,45 +43,33 @@ def register(app: QuartTrio, services: Services) -> None:
         run = supervisor.get(batch_id)
         return run.snapshot() if run is not None else await db.run(Store.get_batch, batch_id)
 
+    def accepted(record: BatchRecord) -> Response:
+        n = len(record.children)
+        body = {
+            "batch_command_id": record.id,
+            "status": "PENDING",
+            "message": f"Batch command accepted for {n} VPS(es).",
+        }
+        if record.rerun_of is not None:
+            body["rerun_of"] = record.rerun_of
+        return json_response(body, 202)
+
     @app.post("/api/batch_commands")
     async def create_batch() -> Response:
-        body = await json_body()
-        req = core.validate_batch_request(body)
-        known = await db.run(Store.get_vps_many, req.target_vps_ids)
-        script = None
-        if req.script_id is not None:
-            try:
-                script = await db.run(Store.get_script, req.script_id)
-            except core.NotFound:
-                script = None
-        core.check_references(req, known_vps_ids=known, script_exists=script is not None)
-        batch_id = str(uuid.uuid4())
-        targets = [(str(uuid.uuid4()), v, known[v].name) for v in req.target_vps_ids]
-        record = await db.run(
-            Store.create_batch,
-            batch_id=batch_id,
-            payload=body,
-            execution_alias=req.execution_alias,
-            user_id="admin",
-            command_type="SAVED_SCRIPT" if script is not None else "ADHOC_COMMAND",
-            command_content=script.content if script is not None else req.command_content or "",
-            script_id=req.script_id,
-            working_directory=req.working_directory,
-            timeout_seconds=req.timeout_seconds,
-            targets=targets,
-            log_dir=services.config.data_dir / "logs",
-            now=datetime.now(UTC),
-        )
-        supervisor.submit(record)
-        logger.info("batch=%s created for %s targets", batch_id, len(targets))
-        return json_response(
-            {
-                "batch_command_id": batch_id,
-                "status": "PENDING",
-                "message": f"Batch command accepted for {len(targets)} VPS(es).",
-            },
-            202,
-        )
+        return accepted(await create_from_body(services, await json_body()))
+
+    @app.post("/api/batch_commands/<batch_id>/rerun")
+    async def rerun_batch(batch_id: str) -> Response:
+        body = await json_body(optional=True)
+        original = await load(batch_id)
+        if not original.status.is_terminal:
+            raise ApiError(
+                409,
+                "conflict",
+                f"batch {batch_id} is still running ({original.status.value}): "
+                "re-run it once it has finished",
+            )
+        return accepted(await rerun(services, original, body))
 
     @app.get("/api/batch_commands")
     async def list_batches() -> Response:

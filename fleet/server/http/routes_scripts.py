@@ -24,7 +24,10 @@ def register(app: QuartTrio, services: Services) -> None:
     @app.post("/api/scripts")
     async def create_script() -> Response:
         f = core.validate_script_body(await json_body())
-        record = await db.run(Store.create_script, f["name"], f["description"], f["content"])
+        params = [p.stored() for p in f["parameters"]]
+        record = await db.run(
+            Store.create_script, f["name"], f["description"], f["content"], params
+        )
         return json_response(script_view(record), 201)
 
     @app.get("/api/scripts/<script_id>")
@@ -36,7 +39,8 @@ def register(app: QuartTrio, services: Services) -> None:
     async def update_script(script_id: str) -> Response:
         ident = path_id(script_id, "script")
         f = core.validate_script_body(await json_body())
-        await db.run(Store.update_script, ident, f["name"], f["description"], f["content"])
+        params = [p.stored() for p in f["parameters"]]
+        await db.run(Store.update_script, ident, f["name"], f["description"], f["content"], params)
         return json_response(script_view(await db.run(Store.get_script, ident)))
 
     @app.delete("/api/scripts/<script_id>")

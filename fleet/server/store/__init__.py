@@ -35,12 +35,13 @@ from fleet.server.records import (
     VpsRecord,
 )
 
-from .batches import BatchStore
+from .batches import BatchOptions, BatchStore
 from .inventory import InventoryStore
 from .schema import add_missing_columns, bind_args, define_entities
 
 __all__ = [
     "UNSET",
+    "BatchOptions",
     "BatchRecord",
     "BatchUpdate",
     "ChildRecord",

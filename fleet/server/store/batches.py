@@ -25,7 +25,49 @@ from fleet.server.records import UNSET, BatchRecord, BatchUpdate, ChildRecord, C
 from .base import StoreBase, chunks, db_session
 from .schema import aware, to_db
 
-__all__ = ["BatchStore"]
+__all__ = ["BatchOptions", "BatchStore"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchOptions:
+    """A batch's rollout options, tags, re-run origin and parameters (secret values masked:
+    they are never stored)."""
+
+    max_concurrency: int | str | None = None
+    max_errors: int | str | None = None
+    wait_for_agent_seconds: int = 0
+    rerun_of: str | None = None
+    target_tags: tuple[str, ...] = ()
+    parameters: dict[str, str] = dataclasses.field(default_factory=dict)
+    secret_parameters: tuple[str, ...] = ()
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "max_concurrency": _limit_in(self.max_concurrency),
+            "max_errors": _limit_in(self.max_errors),
+            "wait_for_agent_seconds": self.wait_for_agent_seconds,
+            "rerun_of": self.rerun_of,
+            "target_tags": list(self.target_tags),
+            "parameters": dict(self.parameters),
+            "secret_parameters": list(self.secret_parameters),
+        }
+
+
+def _limit_in(value: int | str | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _limit_out(value: str | None) -> int | str | None:
+    """A stored limit: a count (digits) or a percentage ("N%")."""
+    if not value:
+        return None
+    return int(value) if value.isdigit() else value
+
+
+def _plain(value: Any) -> Any:
+    """A Pony Json value as plain, untracked data."""
+    return None if value is None else json.loads(json.dumps(value))
+
 
 _NULLABLE_UPDATES = frozenset({"exit_code", "error_message"})
 _DT_COLS = frozenset(
@@ -65,6 +107,14 @@ class BatchStore(StoreBase):
             completed_at=aware(b.completed_at),
             counts=counts,
             children=children,
+            max_concurrency=_limit_out(b.max_concurrency),
+            max_errors=_limit_out(b.max_errors),
+            wait_for_agent_seconds=b.wait_for_agent_seconds or 0,
+            stop_reason=b.stop_reason,
+            rerun_of=b.rerun_of,
+            target_tags=tuple(_plain(b.target_tags) or ()),
+            parameters=dict(_plain(b.parameters) or {}),
+            secret_parameters=tuple(_plain(b.secret_parameters) or ()),
         )
 
     def _child_record(self, row: Sequence[Any]) -> ChildRecord:
@@ -137,11 +187,13 @@ class BatchStore(StoreBase):
         targets: Sequence[tuple[str, int, str]],
         log_dir: Path,
         now: datetime,
+        options: BatchOptions | None = None,
     ) -> BatchRecord:
         """Create a PENDING batch and its PENDING children in one transaction.
 
         Args:
             targets: ``(child_id, vps_id, vps_name)`` per child.
+            options: rollout options, tags, re-run origin and (masked) parameters.
             log_dir: Output logs go to ``<log_dir>/<batch_id>/<child_id>.stdout|.stderr``.
         """
         self._e.Batch(
@@ -157,6 +209,7 @@ class BatchStore(StoreBase):
             timeout_seconds=timeout_seconds,
             created_at=to_db(now),
             updated_at=to_db(now),
+            **(options or BatchOptions()).columns(),
         )
         orm.flush()  # the children's foreign key needs the batch row
         sql, at, pending = self._sql, self._sql.dt(now), ChildStatus.PENDING.value

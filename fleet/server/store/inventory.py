@@ -3,6 +3,7 @@ scripts and API tokens."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -81,6 +82,18 @@ class InventoryStore(StoreBase):
     @db_session
     def get_vps(self, vps_id: int) -> VpsRecord:
         return self._vps_record(self._vps(vps_id))
+
+    @db_session
+    def vps_with_tags(self, tags: Iterable[str]) -> dict[int, VpsRecord]:
+        """Every VPS having any of ``tags``."""
+        wanted = set(tags)
+        if not wanted:
+            return {}
+        return {
+            v.id: self._vps_record(v)
+            for v in self._e.Vps.select()
+            if wanted.intersection(v.tags or ())
+        }
 
     @db_session
     def get_vps_many(self, ids: Iterable[int]) -> dict[int, VpsRecord]:
@@ -165,6 +178,7 @@ class InventoryStore(StoreBase):
             content=s.content,
             created_at=s.created_at.replace(tzinfo=UTC),
             updated_at=s.updated_at.replace(tzinfo=UTC),
+            parameters=tuple(json.loads(json.dumps(s.parameters or []))),
         )
 
     def _script(self, script_id: int) -> Any:
@@ -174,13 +188,24 @@ class InventoryStore(StoreBase):
         return script
 
     @db_session
-    def create_script(self, name: str, description: str, content: str) -> ScriptRecord:
+    def create_script(
+        self,
+        name: str,
+        description: str,
+        content: str,
+        parameters: Sequence[dict[str, Any]] = (),
+    ) -> ScriptRecord:
         """Raises ValidationError if a script with this name exists."""
         if self._e.Script.get(name=name) is not None:
             raise duplicate("script", name)
         now = utcnow()
         script = self._e.Script(
-            name=name, description=description, content=content, created_at=now, updated_at=now
+            name=name,
+            description=description,
+            content=content,
+            created_at=now,
+            updated_at=now,
+            parameters=list(parameters),
         )
         orm.flush()
         return self._script_record(script)
@@ -196,12 +221,23 @@ class InventoryStore(StoreBase):
 
     @db_session
     def update_script(
-        self, script_id: int, name: str, description: str, content: str
+        self,
+        script_id: int,
+        name: str,
+        description: str,
+        content: str,
+        parameters: Sequence[dict[str, Any]] = (),
     ) -> ScriptRecord:
         script = self._script(script_id)
         if name != script.name and self._e.Script.get(name=name) is not None:
             raise duplicate("script", name)
-        script.set(name=name, description=description, content=content, updated_at=utcnow())
+        script.set(
+            name=name,
+            description=description,
+            content=content,
+            updated_at=utcnow(),
+            parameters=list(parameters),
+        )
         return self._script_record(script)
 
     @db_session

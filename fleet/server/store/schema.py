@@ -56,6 +56,7 @@ def define_entities(db: Any) -> SimpleNamespace:
         content = orm.Optional(LongStr, autostrip=False)
         created_at = Required(datetime)
         updated_at = Required(datetime)
+        parameters = orm.Optional(Json, nullable=True)  # declared parameters (SPEC §8)
 
     class ApiToken(db.Entity):  # type: ignore[misc]
         _table_ = "api_token"
@@ -80,6 +81,15 @@ def define_entities(db: Any) -> SimpleNamespace:
         updated_at = Required(datetime)
         completed_at = orm.Optional(datetime)
         children = Set("Child")
+        # Rollout and parameters (SPEC §8); limits as given (a count or "N%"), as text.
+        max_concurrency = orm.Optional(str, nullable=True)
+        max_errors = orm.Optional(str, nullable=True)
+        wait_for_agent_seconds = orm.Optional(int, nullable=True)
+        stop_reason = orm.Optional(LongStr, nullable=True, autostrip=False)
+        rerun_of = orm.Optional(str, 36, nullable=True)
+        target_tags = orm.Optional(Json, nullable=True)
+        parameters = orm.Optional(Json, nullable=True)  # secret values masked, never stored
+        secret_parameters = orm.Optional(Json, nullable=True)
 
     class Child(db.Entity):  # type: ignore[misc]
         _table_ = "child_command_task"
@@ -182,7 +192,18 @@ def bind_args(url: str | None, data_dir: Path) -> dict[str, Any]:
 
 #: Columns added after the first release, for stores created before them: (table, column,
 #: SQLite type, PostgreSQL type). Added at start-up when missing; never dropped.
-ADDED_COLUMNS = (("child_command_task", "agent_reported", "TEXT", "JSONB"),)
+ADDED_COLUMNS = (
+    ("child_command_task", "agent_reported", "TEXT", "JSONB"),
+    ("script", "parameters", "TEXT", "JSONB"),
+    ("batch_command_task", "max_concurrency", "TEXT", "TEXT"),
+    ("batch_command_task", "max_errors", "TEXT", "TEXT"),
+    ("batch_command_task", "wait_for_agent_seconds", "INTEGER", "INTEGER"),
+    ("batch_command_task", "stop_reason", "TEXT", "TEXT"),
+    ("batch_command_task", "rerun_of", "VARCHAR(36)", "VARCHAR(36)"),
+    ("batch_command_task", "target_tags", "TEXT", "JSONB"),
+    ("batch_command_task", "parameters", "TEXT", "JSONB"),
+    ("batch_command_task", "secret_parameters", "TEXT", "JSONB"),
+)
 
 
 def add_missing_columns(db: Any) -> None:
