@@ -87,6 +87,8 @@ def register(app: QuartTrio, services: Services) -> None:
                     counts=live.counts(),
                     updated_at=from_ts(live.updated_at) or record.updated_at,
                     completed_at=from_ts(live.completed_at),
+                    stop_reason=live.stop_reason,
+                    rollout_counts=live.rollout_counts(),
                 )
             items.append(batch_summary_view(record))
         return json_response({"items": items, "total": total, "limit": limit, "offset": offset})

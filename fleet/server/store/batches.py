@@ -236,6 +236,8 @@ class BatchStore(StoreBase):
     @db_session
     def get_batch(self, batch_id: str) -> BatchRecord:
         """The batch with its children ordered by VPS name, then id."""
+        if len(batch_id) > 36:
+            raise NotFound("batch", batch_id[:40])  # no id is that long (Pony would refuse it)
         batch = self._e.Batch.get(id=batch_id)
         if batch is None:
             raise NotFound("batch", batch_id)
