@@ -4,6 +4,7 @@ environment, secrets are masked and never stored, concurrency holds, tags, re-ru
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,7 @@ async def test_rollout_options_over_rest(server: Endpoints, client: httpx.AsyncC
         (dt.datetime.fromisoformat(t["agent_started_at"]), dt.datetime.fromisoformat(
             t["agent_completed_at"])) for t in batch["tasks"]
     )  # fmt: skip
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end
 
 
