@@ -11,7 +11,19 @@ import argparse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["Command", "CommandTree", "count", "seconds", "split_list"]
+from fleet.core import parse_limit
+
+__all__ = [
+    "Command",
+    "CommandTree",
+    "add_param_flag",
+    "concurrency",
+    "count",
+    "error_limit",
+    "parameters",
+    "seconds",
+    "split_list",
+]
 
 Command = Callable[..., Awaitable[int]]
 FORMATTER = argparse.RawDescriptionHelpFormatter
@@ -50,6 +62,42 @@ def seconds(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError("a whole number of seconds (0 = no limit)")
     return int(text)
+
+
+def _limit(text: str, minimum: int) -> int | str:
+    value: object = int(text) if text.isdigit() else text
+    try:
+        return parse_limit(value, minimum=minimum)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def concurrency(text: str) -> int | str:
+    """``--max-concurrency``: N (at least 1) or N% of the targets."""
+    return _limit(text, 1)
+
+
+def error_limit(text: str) -> int | str:
+    """``--max-errors``: N (0 = stop at the first error) or N% of the targets."""
+    return _limit(text, 0)
+
+
+def add_param_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument(
+        "-p", "--param", action="append", default=[], type=_pair, metavar="NAME=VALUE", help=help
+    )
+
+
+def _pair(item: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"-p wants NAME=VALUE, not {item!r}")
+    return name, value
+
+
+def parameters(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """``-p NAME=VALUE`` flags as a dict (the server checks names and values)."""
+    return dict(pairs)
 
 
 def count(text: str) -> int:

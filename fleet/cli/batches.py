@@ -8,7 +8,7 @@ from typing import Any
 
 from fleet.core import STREAMS
 
-from .args import CommandTree, count
+from .args import CommandTree, add_param_flag, count, parameters
 from .client import EXIT_OK, FleetClient, UsageError, batch_path
 from .console import batches_table, print_batch, print_json
 from .follow import follow_batch, interrupts
@@ -32,6 +32,14 @@ def add_commands(tree: CommandTree) -> None:
     q = tree.leaf(b, "terminate", cmd_batches_terminate, "terminate a batch (or one VPS's task)")
     q.add_argument("batch", metavar="ID")
     q.add_argument("--child", metavar="CHILD", help="a task id, or the VPS's name or id")
+    q = tree.leaf(
+        b, "rerun", cmd_batches_rerun, "run a finished batch again where it did not succeed"
+    )
+    q.add_argument("batch", metavar="ID")
+    q.add_argument("--all", action="store_true", help="on every VPS of the batch")
+    add_param_flag(q, "a secret parameter's value (secrets are not kept)")
+    q.add_argument("--json", action="store_true", help="print the final batch as JSON")
+    q.add_argument("--no-stream", action="store_true", help="do not show the output")
     q = tree.leaf(b, "logs", cmd_batches_logs, "write the full logs, byte-exact, to stdout")
     q.add_argument("batch", metavar="ID")
     q.add_argument("--vps", metavar="NAME|ID", help="one VPS (or task id) only")
@@ -41,6 +49,17 @@ def add_commands(tree: CommandTree) -> None:
 async def cmd_batches_follow(client: FleetClient, args: argparse.Namespace) -> int:
     with interrupts() as signals:
         return await follow_batch(client, args.batch, args, signals, terminate=False)
+
+
+async def cmd_batches_rerun(client: FleetClient, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"only": "all" if args.all else "not_succeeded"}
+    if args.param:
+        body["parameters"] = parameters(args.param)
+    with interrupts() as signals:
+        accepted = await client.call("POST", batch_path(args.batch, "rerun"), body)
+        batch_id = str(accepted["batch_command_id"])
+        print(f"fleet: batch {batch_id}: re-run of {args.batch}", file=sys.stderr, flush=True)
+        return await follow_batch(client, batch_id, args, signals, terminate=True)
 
 
 async def cmd_batches_list(client: FleetClient, args: argparse.Namespace) -> int:

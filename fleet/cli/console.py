@@ -198,9 +198,15 @@ class Progress:
             return
         self._last = now
         done, failed, running = watch.counts()
+        queued, skipped = watch.waiting()
         total = len(watch.children)
         elapsed = int(now - self._start)
-        text = f"{done}/{total} done · {failed} failed · {running} running · {elapsed}s"
+        text = f"{done}/{total} done · {failed - skipped} failed · {running - queued} running"
+        if queued:
+            text += f" · {queued} queued"
+        if skipped:
+            text += f" · {skipped} skipped"
+        text += f" · {elapsed}s"
         self._stream.write(f"\r{text}\x1b[K")
         self._stream.flush()
         self._shown = True
@@ -288,9 +294,15 @@ def print_outcome(final: dict[str, Any], watch: BatchWatch, err: TextIO) -> None
     paint = use_colour(err)
     err.write(summary_table(watch.children.values(), paint=paint) + "\n")
     done, failed, _ = watch.counts()
+    _, skipped = watch.waiting()
     status = str(final.get("overall_status"))
     status = paint_status(status, paint)
-    err.write(f"{status}: {done - failed} succeeded, {failed} did not ({watch.batch_id})\n")
+    not_run = f" ({skipped} skipped)" if skipped else ""
+    err.write(
+        f"{status}: {done - failed} succeeded, {failed} did not{not_run} ({watch.batch_id})\n"
+    )
+    if final.get("stop_reason"):
+        err.write(f"dispatching stopped: {final['stop_reason']}\n")
     err.flush()
 
 
@@ -396,6 +408,24 @@ def print_batch(batch: dict[str, Any]) -> None:
     print(f"{kind:<9} {_what({'command_content': batch.get('command_content')})}")
     if batch.get("working_directory"):
         print(f"cwd       {batch['working_directory']}")
+    rollout = [
+        f"{label} {batch[key]}"
+        for key, label in (
+            ("max_concurrency", "max concurrency"),
+            ("max_errors", "max errors"),
+            ("wait_for_agent_seconds", "wait for agent (s)"),
+        )
+        if batch.get(key)
+    ]
+    if rollout:
+        print(f"rollout   {', '.join(rollout)}")
+    if batch.get("parameters"):
+        shown = " ".join(f"{k}={v}" for k, v in sorted(batch["parameters"].items()))
+        print(f"params    {shown}")
+    if batch.get("stop_reason"):
+        print(f"stopped   {batch['stop_reason']}")
+    if batch.get("rerun_of"):
+        print(f"re-run of {batch['rerun_of']}")
     print(f"created   {batch.get('created_at')}  ({ago(batch.get('created_at'))})")
     if batch.get("completed_at"):
         print(f"took      {duration(batch.get('created_at'), batch['completed_at'])}")

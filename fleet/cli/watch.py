@@ -156,6 +156,12 @@ class BatchWatch:
                 failed += child.status != ChildStatus.SUCCESS
         return done, failed, len(self.children) - done
 
+    def waiting(self) -> tuple[int, int]:
+        """``(queued, skipped)``: tasks not dispatched yet (rollout), and never dispatched."""
+        queued = sum(1 for c in self.children.values() if c.status == ChildStatus.PENDING)
+        skipped = sum(1 for c in self.children.values() if c.status == ChildStatus.SKIPPED)
+        return queued, skipped
+
     def on_message(self, message: dict[str, Any]) -> list[Item]:
         kind = message.get("type")
         if kind == "SNAPSHOT":
