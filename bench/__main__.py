@@ -1,4 +1,4 @@
-"""``python -m bench [fanout|scale|throughput|api|compare|idle|all ...] [--json] [--quick]``.
+"""``python -m bench [fanout|scale|throughput|api|compare|idle|rollout|all ...] [--json]``.
 
 Runs the named benchmarks in order (default: ``all``), prints a table for each, then the issue's
 targets with the measured values. ``--json`` prints one JSON document instead of the tables.
@@ -21,7 +21,7 @@ from ._metrics import machine_notes, raise_nofile
 from ._report import BenchError, log
 from .targets import evaluate, render_targets
 
-NAMES = ("fanout", "scale", "throughput", "api", "compare", "idle")
+NAMES = ("fanout", "scale", "throughput", "api", "compare", "idle", "rollout")
 #: Wall-clock bound of each benchmark (seconds), full / quick.
 BUDGET = {
     "fanout": (1800, 600),
@@ -30,6 +30,7 @@ BUDGET = {
     "api": (900, 400),
     "compare": (1800, 600),
     "idle": (120, 120),
+    "rollout": (900, 400),
 }
 
 

@@ -17,17 +17,23 @@
 //             online-only, select-all, select-none, select-shown, tag-chips, tag-<tag>,
 //             selection-count, offline-warning, vps-empty, source-command, source-script,
 //             command-input, script-select, script-preview, cwd-input, alias-input,
-//             timeout-input, run-button
+//             timeout-input, run-button, rollout-fields, max-concurrency-input,
+//             max-errors-input, wait-for-agent-input, params-form, param-<name>
 //   batch     batch-title, batch-status (data-status = raw status), batch-elapsed, batch-command,
 //             batch-meta, feed-status, feed-retry, terminate-all, run-again,
+//             rerun-not-succeeded, rerun-secrets (+ rerun-secret-<name>, rerun-secrets-submit),
+//             rerun-of (+ rerun-of-link), rollout-summary (data-queued, data-waiting,
+//             data-skipped), stop-reason,
 //             filter-<group> + count-<group> for group in all, pending, running, succeeded,
-//             failed, unreachable, terminated; panel-search, collapse-succeeded, expand-all,
+//             failed, unreachable, terminated, skipped; panel-search, collapse-succeeded, expand-all,
 //             collapse-all, panels, panels-empty, batch-missing,
 //             panel-<name> (data-status, data-group), toggle-<name>, panel-status-<name>
 //             (data-status), panel-exit-<name>, panel-duration-<name>, panel-preview-<name>,
 //             panel-output-<name>, panel-error-<name>, panel-note-<name>, terminate-<name>,
+//             panel-waiting-<name> (a target waiting for its agent, with the time left),
 //             download-stdout-<name>, download-stderr-<name>
-//   history   history-table, history-row-<batch_id>, history-range, history-prev, history-next,
+//   history   history-table, history-row-<batch_id>, history-rerun-of-<batch_id>, history-range,
+//             history-prev, history-next,
 //             history-empty
 //   scripts   scripts-list, scripts-empty, script-row-<id>, script-new, script-form,
 //             script-editor-title, script-name, script-description, script-content,

@@ -4,7 +4,7 @@
 // prefill it before navigating there ("Run again" from a batch, "Run this script").
 
 const DRAFT_KEY = "fleet.run.draft";
-const EMPTY_DRAFT = { source: "command", command: "", scriptId: "", cwd: "", alias: "", timeout: "", selected: [], onlineOnly: false };
+const EMPTY_DRAFT = { source: "command", command: "", scriptId: "", cwd: "", alias: "", timeout: "", selected: [], onlineOnly: false, maxConcurrency: "", maxErrors: "", waitForAgent: "" };
 
 function loadDraft() {
   try {

@@ -12,7 +12,7 @@ export const CHILD_STATUS = {
   TERMINATED: { label: "Terminated", group: "terminated", terminal: true },
   AGENT_UNREACHABLE: { label: "Unreachable", group: "unreachable", terminal: true },
   AGENT_REJECTED: { label: "Rejected", group: "unreachable", terminal: true },
-  SKIPPED: { label: "Skipped", group: "terminated", terminal: true },
+  SKIPPED: { label: "Skipped", group: "skipped", terminal: true },
 };
 
 export const BATCH_STATUS = {
@@ -33,6 +33,7 @@ export const GROUPS = [
   { key: "failed", label: "Failed" },
   { key: "unreachable", label: "Unreachable / rejected" },
   { key: "terminated", label: "Terminated" },
+  { key: "skipped", label: "Skipped" },
 ];
 
 export function childInfo(status) {

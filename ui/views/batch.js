@@ -96,6 +96,7 @@ class BatchView {
         const before = panel.applyStatus(msg);
         this.regroup(panel, before);
         this.markDirty(panel);
+        this.headDirty = true; // queued / waiting counts
         break;
       }
       case "NEW_LOG_OUTPUT": {
@@ -169,7 +170,7 @@ class BatchView {
     // A terminal status never changes again: a stale non-terminal one (say, the answer to a
     // terminate request that arrives after the feed reported TERMINATED) is ignored.
     const stale = isTerminalBatch(this.batch.overall_status) && !isTerminalBatch(msg.overall_status);
-    for (const key of ["overall_status", "updated_at", "completed_at", "counts"]) {
+    for (const key of ["overall_status", "updated_at", "completed_at", "counts", "stop_reason"]) {
       if (key in msg && !(stale && key === "overall_status")) this.batch[key] = msg[key];
     }
     if (isTerminalBatch(this.batch.overall_status)) {
@@ -214,7 +215,7 @@ class BatchView {
     if (!this.batch) return;
     if (!isTerminalBatch(this.batch.overall_status)) this.headDirty = true;
     for (const panel of this.order) {
-      if (panel.visible && panel.task.agent_started_at && !isTerminalChild(panel.task.status)) this.dirty.add(panel);
+      if (panel.visible && (panel.task.agent_started_at || panel.task.waiting_until) && !isTerminalChild(panel.task.status)) this.dirty.add(panel);
     }
     this.schedule();
   }
@@ -258,6 +259,11 @@ class BatchView {
       on: { click: () => this.terminateAll() },
     }, "Terminate all");
     e.runAgain = h("button", { type: "button", class: "btn", testid: "run-again", disabled: true, on: { click: () => this.runAgain() } }, "Run again…");
+    e.rerun = h("button", { type: "button", class: "btn", testid: "rerun-not-succeeded", hidden: true, on: { click: () => this.rerun() } }, "Re-run not succeeded");
+    e.rollout = h("p", { class: "rollout muted", testid: "rollout-summary", hidden: true });
+    e.stopReason = h("p", { class: "stop-reason warning", testid: "stop-reason", hidden: true, attrs: { role: "status" } });
+    e.rerunOf = h("p", { class: "muted small", testid: "rerun-of", hidden: true });
+    e.secrets = h("form", { class: "rerun-secrets", testid: "rerun-secrets", hidden: true, on: { submit: (ev) => { ev.preventDefault(); this.rerun(); } } });
     e.command = h("pre", { class: "batch-command", testid: "batch-command" });
     e.meta = h("dl", { class: "meta", testid: "batch-meta" });
     e.progress = h("div", { class: "progress", attrs: { role: "img", "aria-label": "Progress" } },
@@ -282,8 +288,8 @@ class BatchView {
     replaceChildren(this.root,
       h("section", { class: "card batch-head", attrs: { "aria-label": "Batch summary" } },
         h("div", { class: "batch-title-row" }, e.title, e.status, e.elapsed,
-          h("span", { class: "spacer" }), e.feed, e.retry, e.runAgain, e.terminateAll),
-        e.command, e.meta, e.progress,
+          h("span", { class: "spacer" }), e.feed, e.retry, e.rerun, e.runAgain, e.terminateAll),
+        e.command, e.meta, e.rerunOf, e.rollout, e.stopReason, e.secrets, e.progress,
         h("div", { class: "counters", attrs: { role: "group", "aria-label": "Show VPSes by status" } }, counterButtons),
         h("div", { class: "panel-tools" }, e.search,
           h("label", { class: "check" }, e.collapseSucceeded, " Collapse succeeded"),
@@ -327,6 +333,10 @@ class BatchView {
     e.terminateAll.disabled = terminal || b.overall_status === "TERMINATING" || this.terminatingAll;
     setText(e.terminateAll, b.overall_status === "TERMINATING" || (this.terminatingAll && !terminal) ? "Terminating…" : "Terminate all");
     e.runAgain.disabled = false;
+    const notSucceeded = this.order.some((p) => p.task.status !== "SUCCESS");
+    e.rerun.hidden = !terminal || !notSucceeded;
+    e.rerun.disabled = Boolean(this.rerunning);
+    this.renderRollout(b);
     if (!this.metaBuilt) {
       this.metaBuilt = true;
       const rows = [
@@ -339,6 +349,75 @@ class BatchView {
       ].filter(Boolean);
       replaceChildren(e.meta, rows.map(([k, v, title]) => h("div", { class: "meta-item" }, h("dt", {}, k), h("dd", { title }, v))));
     }
+  }
+
+  /** Rollout options, queued / waiting / skipped counts, why dispatching stopped, re-run link. */
+  renderRollout(b) {
+    const e = this.els;
+    let queued = 0;
+    let waiting = 0;
+    for (const panel of this.order) {
+      if (panel.task.status !== "PENDING") continue;
+      if (panel.task.waiting_until) waiting += 1;
+      else queued += 1;
+    }
+    const skipped = this.counts.skipped || 0;
+    const parts = [];
+    if (b.max_concurrency != null) parts.push(`at most ${b.max_concurrency} at once`);
+    if (b.max_errors != null) parts.push(`stop after ${b.max_errors} error${b.max_errors === 1 ? "" : "s"}`);
+    if (b.wait_for_agent_seconds) parts.push(`wait up to ${fmtDuration(b.wait_for_agent_seconds * 1000)} for offline agents`);
+    const live = [];
+    if (queued && (b.max_concurrency != null || !isTerminalBatch(b.overall_status))) live.push(`${queued} queued`);
+    if (waiting) live.push(`${waiting} waiting for their agent`);
+    if (skipped) live.push(`${skipped} skipped`);
+    const text = [parts.length ? `Rollout: ${parts.join(", ")}` : "", live.join(" · ")].filter(Boolean).join(" — ");
+    e.rollout.hidden = !text;
+    setText(e.rollout, text);
+    e.rollout.dataset.queued = String(queued);
+    e.rollout.dataset.waiting = String(waiting);
+    e.rollout.dataset.skipped = String(skipped);
+    e.stopReason.hidden = !b.stop_reason;
+    setText(e.stopReason, b.stop_reason ? `Dispatching stopped: ${b.stop_reason}` : "");
+    if (b.rerun_of && e.rerunOf.hidden) {
+      e.rerunOf.hidden = false;
+      replaceChildren(e.rerunOf, "Re-run of ", h("a", { href: `#/batch/${encodeURIComponent(b.rerun_of)}`, class: "mono", testid: "rerun-of-link" }, b.rerun_of));
+    }
+  }
+
+  async rerun() {
+    if (this.rerunning) return;
+    const body = { only: "not_succeeded" };
+    const secrets = [...this.els.secrets.querySelectorAll("input[data-param]")];
+    if (secrets.length) body.parameters = Object.fromEntries(secrets.map((i) => [i.dataset.param, i.value]));
+    this.rerunning = true;
+    this.headDirty = true;
+    this.schedule();
+    try {
+      const res = await post(`/api/batch_commands/${encodeURIComponent(this.id)}/rerun`, body);
+      this.ctx.navigate(`#/batch/${encodeURIComponent(res.batch_command_id)}`);
+    } catch (err) {
+      const missing = err instanceof ApiError && err.status === 422 && Array.isArray(err.detail)
+        ? err.detail.filter((d) => /secret parameter/.test(d.reason || "")).map((d) => String(d.field).replace(/^parameters\./, ""))
+        : [];
+      if (missing.length && !secrets.length) this.askSecrets(missing);
+      else this.ctx.showError(err, "Could not re-run the batch");
+    } finally {
+      this.rerunning = false;
+      this.headDirty = true;
+      this.schedule();
+    }
+  }
+
+  /** Secret parameters are never kept: a re-run asks for them again. */
+  askSecrets(names) {
+    const form = this.els.secrets;
+    replaceChildren(form,
+      h("p", {}, "Secret parameters are not kept after a run: give them again to re-run."),
+      names.map((name) => h("label", { class: "field" }, `${name} `,
+        h("input", { type: "password", class: "input", testid: `rerun-secret-${name}`, dataset: { param: name }, autocomplete: "new-password" }))),
+      h("button", { type: "submit", class: "btn btn-primary", testid: "rerun-secrets-submit" }, "Re-run not succeeded"));
+    form.hidden = false;
+    form.querySelector("input")?.focus();
   }
 
   renderFeedState() {

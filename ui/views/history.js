@@ -96,6 +96,7 @@ class HistoryView {
         h("td", {}, h("a", { href, class: "mono" }, id)),
         h("td", { class: "cell-command" },
           b.execution_alias ? h("span", { class: "alias" }, b.execution_alias) : null,
+          b.rerun_of ? h("a", { class: "rerun-link small", testid: `history-rerun-of-${id}`, href: `#/batch/${encodeURIComponent(b.rerun_of)}`, title: `Re-run of ${b.rerun_of}` }, `↻ re-run of ${String(b.rerun_of).slice(0, 8)}`) : null,
           h("code", { class: "cmd", title: b.command_content || "" }, commandTitle(b.command_content, 100))),
         h("td", {}, h("span", { class: `badge g-${info.group}`, dataset: { status: b.overall_status || "" }, title: b.overall_status || "" }, info.label)),
         h("td", { class: "results" }, summarise(b.counts).map((p) => h("span", { class: `result g-${p.key}` }, p.text))),

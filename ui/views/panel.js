@@ -223,7 +223,7 @@ export class TaskPanel {
   applyStatus(fields) {
     const before = this.group;
     const wasTerminal = isTerminalChild(this.task.status);
-    for (const key of ["status", "exit_code", "error_message", "updated_at", "agent_started_at", "agent_completed_at", "stdout_bytes", "stderr_bytes", "truncated", "agent_reported"]) {
+    for (const key of ["status", "exit_code", "error_message", "updated_at", "agent_started_at", "agent_completed_at", "stdout_bytes", "stderr_bytes", "truncated", "agent_reported", "waiting_until"]) {
       if (!(key in fields)) continue;
       // A terminal status never changes again: a late non-terminal update is stale.
       if (key === "status" && wasTerminal && !isTerminalChild(fields.status)) continue;
@@ -251,6 +251,7 @@ export class TaskPanel {
     e.status = h("span", { class: "badge", testid: `panel-status-${n}` });
     e.exit = h("span", { class: "panel-exit", testid: `panel-exit-${n}` });
     e.duration = h("span", { class: "panel-duration", testid: `panel-duration-${n}` });
+    e.waiting = h("span", { class: "waiting", testid: `panel-waiting-${n}`, hidden: true });
     e.preview = h("span", { class: "panel-preview", testid: `panel-preview-${n}` });
     const dl = (stream) => h("a", {
       class: "btn btn-small btn-quiet", testid: `download-${stream}-${n}`,
@@ -265,7 +266,7 @@ export class TaskPanel {
       on: { click: () => this.opts.onTerminate(this) },
     }, "Terminate");
     e.head = h("div", { class: "panel-head" },
-      e.toggle, e.status, e.exit, e.duration, e.preview,
+      e.toggle, e.status, e.waiting, e.exit, e.duration, e.preview,
       h("span", { class: "panel-actions" }, dl("stdout"), dl("stderr"), e.terminate));
     e.body = null;
     this.el = h("section", {
@@ -333,6 +334,10 @@ export class TaskPanel {
     let end = parseTime(t.agent_completed_at);
     if (end === null && info.terminal) end = parseTime(t.updated_at);
     setText(e.duration, started === null ? "" : fmtDuration((end ?? now) - started));
+    // Rollout: a target whose agent is offline waits for it (SPEC §8), with the time left.
+    const until = t.status === "PENDING" ? parseTime(t.waiting_until) : null;
+    e.waiting.hidden = until === null;
+    setText(e.waiting, until === null ? "" : `waiting for its agent · ${fmtDuration(Math.max(0, until - now))} left`);
     const terminal = Boolean(info.terminal) || batchTerminal;
     e.terminate.disabled = terminal || this.terminating;
     e.terminate.hidden = Boolean(info.terminal);

@@ -9,6 +9,18 @@ import { field, h, replaceChildren, setText } from "../dom.js";
 import { getDraft, setDraft } from "../draft.js";
 import { fmtAgo, fmtFull, naturalCompare, plural } from "../format.js";
 import { VpsFeed } from "../vpsfeed.js";
+const LIMIT_RE = /^\s*(\d{1,9})\s*(%?)\s*$/;
+
+/** "10" → 10, "10%" → "10%", "" → null; undefined when malformed (the server says why too). */
+export function parseLimit(text, minimum) {
+  const t = String(text || "").trim();
+  if (!t) return null;
+  const m = LIMIT_RE.exec(t);
+  if (!m) return undefined;
+  const n = Number(m[1]);
+  if (m[2]) return n >= minimum && n <= 100 ? `${n}%` : undefined;
+  return n >= minimum ? n : undefined;
+}
 
 export function mount(root, ctx) {
   const view = new RunView(root, ctx);
@@ -97,6 +109,10 @@ class RunView {
     e.cwd = h("input", { type: "text", class: "input mono", testid: "cwd-input", value: draft.cwd, placeholder: "/srv/app", spellcheck: false, on: { input: () => this.saveDraft() } });
     e.alias = h("input", { type: "text", class: "input", testid: "alias-input", value: draft.alias, maxLength: 200, placeholder: "e.g. restart nginx", on: { input: () => this.saveDraft() } });
     e.timeout = h("input", { type: "number", class: "input", testid: "timeout-input", value: draft.timeout, min: 1, step: 1, placeholder: "no limit", on: { input: () => this.saveDraft() } });
+    e.maxConcurrency = h("input", { type: "text", class: "input", testid: "max-concurrency-input", value: draft.maxConcurrency, placeholder: "all at once", inputMode: "numeric", on: { input: () => this.saveDraft() } });
+    e.maxErrors = h("input", { type: "text", class: "input", testid: "max-errors-input", value: draft.maxErrors, placeholder: "no limit", inputMode: "numeric", on: { input: () => this.saveDraft() } });
+    e.waitForAgent = h("input", { type: "number", class: "input", testid: "wait-for-agent-input", value: draft.waitForAgent, min: 0, max: 604800, step: 1, placeholder: "0", on: { input: () => this.saveDraft() } });
+    e.params = h("div", { class: "params", testid: "params-form", hidden: true });
     e.run = h("button", { type: "submit", class: "btn btn-primary", testid: "run-button" }, "Run");
 
     const form = h("form", {
@@ -136,6 +152,12 @@ class RunView {
         field("Working directory", e.cwd, "Optional. Must exist on each VPS."),
         field("Name this run", e.alias, "Optional, shown in history."),
         field("Timeout (seconds)", e.timeout, "Optional. The command is killed after this.")),
+      e.params,
+      h("h3", { class: "subhead" }, "Rollout"),
+      h("div", { class: "row-3", testid: "rollout-fields" },
+        field("Max concurrency", e.maxConcurrency, "At most this many VPSes run at once: a number or a percentage like 10%."),
+        field("Max errors", e.maxErrors, "Once more VPSes than this fail, the rest are skipped: 0 stops at the first error."),
+        field("Wait for agent (seconds)", e.waitForAgent, "A VPS whose agent is offline waits this long for it instead of failing at once.")),
       h("div", { class: "actions" }, e.run, h("span", { class: "hint" }, h("kbd", {}, "Ctrl"), " + ", h("kbd", {}, "Enter"), " runs"))));
     replaceChildren(this.root, form);
     this.setSource(draft.source, false);
@@ -377,6 +399,7 @@ class RunView {
     e.commandField.hidden = script;
     e.scriptField.hidden = !script;
     this.source = script ? "script" : "command";
+    if (this.scripts) this.renderParams(this.scripts.find((x) => String(x.id) === e.script.value));
     if (save) this.saveDraft();
   }
 
@@ -396,6 +419,39 @@ class RunView {
     pre.hidden = !s;
     setText(pre, s ? s.content : "");
     if (s?.description) pre.title = s.description;
+    this.renderParams(s);
+  }
+
+  /** The parameters form, generated from the script's declaration (SPEC §8). */
+  renderParams(script) {
+    const box = this.els.params;
+    const specs = this.source === "script" && script ? script.parameters || [] : [];
+    this.paramInputs = new Map();
+    box.hidden = !specs.length;
+    if (!specs.length) { replaceChildren(box); return; }
+    const fields = specs.map((p) => {
+      const input = h("input", {
+        type: p.secret ? "password" : "text", class: "input mono", testid: `param-${p.name}`,
+        placeholder: p.default != null && !p.secret ? p.default : (p.required ? "required" : "optional"),
+        spellcheck: false, autocomplete: p.secret ? "new-password" : "off",
+        attrs: { "data-required": p.required ? "true" : null },
+      });
+      this.paramInputs.set(p.name, { input, spec: p });
+      const hint = [p.description, p.pattern ? `Must match ${p.pattern}.` : "", p.secret ? "Secret: masked everywhere, never stored." : ""]
+        .filter(Boolean).join(" ");
+      return field(`${p.name}${p.required ? " *" : ""}`, input, hint || `Reaches the script as $FLEET_PARAM_${p.name}.`);
+    });
+    replaceChildren(box, h("h3", { class: "subhead" }, "Parameters"),
+      h("p", { class: "hint" }, "Given to the script as environment variables FLEET_PARAM_<name>, never pasted into its text."),
+      h("div", { class: "row-3" }, fields));
+  }
+
+  paramValues() {
+    const out = {};
+    for (const [name, { input }] of this.paramInputs || []) {
+      if (input.value !== "") out[name] = input.value;
+    }
+    return out;
   }
 
   saveDraft() {
@@ -409,6 +465,9 @@ class RunView {
       timeout: e.timeout.value,
       selected: [...this.selected],
       onlineOnly: e.onlineOnly.checked,
+      maxConcurrency: e.maxConcurrency.value,
+      maxErrors: e.maxErrors.value,
+      waitForAgent: e.waitForAgent.value,
     });
   }
 
@@ -422,6 +481,13 @@ class RunView {
     if (this.source === "script" && !e.script.value) problems.push("Choose a saved script.");
     const t = e.timeout.value.trim();
     if (t && !(Number.isInteger(Number(t)) && Number(t) > 0)) problems.push("Timeout must be a whole number of seconds, at least 1.");
+    if (parseLimit(e.maxConcurrency.value, 1) === undefined) problems.push("Max concurrency must be a number of at least 1, or a percentage from 1% to 100%.");
+    if (parseLimit(e.maxErrors.value, 0) === undefined) problems.push("Max errors must be a number (0 or more), or a percentage from 0% to 100%.");
+    const w = e.waitForAgent.value.trim();
+    if (w && !(Number.isInteger(Number(w)) && Number(w) >= 0 && Number(w) <= 604800)) problems.push("Wait for agent must be a whole number of seconds from 0 to 604800.");
+    for (const [name, { input, spec }] of this.paramInputs || []) {
+      if (spec.required && spec.default == null && input.value === "") problems.push(`Parameter ${name} is required.`);
+    }
     return problems;
   }
 
@@ -439,6 +505,15 @@ class RunView {
     if (e.cwd.value.trim()) body.working_directory = e.cwd.value.trim();
     if (e.alias.value.trim()) body.execution_alias = e.alias.value.trim();
     if (e.timeout.value.trim()) body.timeout_seconds = Number(e.timeout.value.trim());
+    const mc = parseLimit(e.maxConcurrency.value, 1);
+    if (mc !== null) body.max_concurrency = mc;
+    const me = parseLimit(e.maxErrors.value, 0);
+    if (me !== null) body.max_errors = me;
+    if (e.waitForAgent.value.trim()) body.wait_for_agent_seconds = Number(e.waitForAgent.value.trim());
+    if (this.source === "script") {
+      const params = this.paramValues();
+      if (Object.keys(params).length) body.parameters = params;
+    }
     this.posting = true;
     e.run.disabled = true;
     e.run.setAttribute("aria-busy", "true");
