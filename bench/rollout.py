@@ -1,4 +1,4 @@
-"""``rollout``: a rate-limited batch on N real agents through a real ``fleet-server`` (SPEC §8).
+"""``rollout``: a rate-limited batch on N real agents through a real ``fleet-server``.
 
 A fresh server (SQLite in a temporary directory) gets N VPSes (1,000; ``--quick``: 200); N real
 agent links run in ``bench.agents_host`` processes. Two batches:

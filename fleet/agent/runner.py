@@ -64,7 +64,7 @@ COULD_NOT_START = 127
 _GROUP_POLL_S = 0.05
 #: How long SIGKILLed members may take to disappear.
 _KILL_WAIT_S = 2.0
-#: The only environment variables a request may set (SPEC §8 script parameters).
+#: The only environment variables a request may set (script parameters).
 _PARAM_ENV = re.compile(r"FLEET_PARAM_[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 

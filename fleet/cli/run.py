@@ -81,7 +81,7 @@ async def cmd_run(client: FleetClient, args: argparse.Namespace) -> int:
     chosen = select_targets(vpses, refs, tags, everything=args.all, online_only=args.online_only)
     body: dict[str, Any] = {"target_vps_ids": [v["id"] for v in chosen]}
     if tags and not args.online_only:
-        # Tags are resolved by the server when it creates the batch (SPEC §8).
+        # Tags are resolved by the server when it creates the batch.
         explicit = select_targets(vpses, refs, [], everything=args.all) if refs or args.all else []
         body = {"target_vps_ids": [v["id"] for v in explicit], "target_tags": tags}
     if args.script:

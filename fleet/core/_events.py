@@ -182,8 +182,8 @@ class Reconciled:
 
 @dataclass(frozen=True)
 class AgentAway:
-    """The child's agent was not connected at its turn and the batch waits for it (SPEC §8
-    ``wait_for_agent_seconds``): the child stays ``PENDING``, holding no slot."""
+    """The child's agent was not connected at its turn and the batch waits for it
+    (``wait_for_agent_seconds``): the child stays ``PENDING``, holding no slot."""
 
     child_id: str
 

@@ -1,4 +1,4 @@
-"""Script parameters (SPEC §8): declarations on saved scripts and the values a batch gives.
+"""Script parameters: declarations on saved scripts and the values a batch gives.
 
 A saved script declares its parameters (``validate_declarations``); a batch's ``parameters``
 are checked against them (``check_parameters``: unknown, missing required, not matching the

@@ -1,4 +1,4 @@
-"""Rollout options of a batch (SPEC §8) and the rules that apply them, without I/O.
+"""Rollout options of a batch and the rules that apply them, without I/O.
 
 Theory of operation
 -------------------
@@ -136,6 +136,11 @@ class Dispatcher:
         self.queue: deque[str] = deque()  # children to dispatch, next first (may hold stale ids)
         self.sending: set[str] = set()  # SendCommand asked, Dispatched/Unreachable not yet seen
         self.waiting: set[str] = set()  # waiting for their agent (R3)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Dispatcher) and vars(self) == vars(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
 
     def holding(self, counts: dict[ChildStatus, int]) -> int:
         """How many children hold a slot now."""

@@ -110,8 +110,8 @@ class ChildTask:
 
     ``maybe_sent``: a ``PENDING`` child restored after a restart, whose command may have been
     sent just before the restart; nobody knows until its agent says (``Reconciled``).
-    ``waiting_since``: since when a ``PENDING`` child waits for its agent (SPEC §8
-    ``wait_for_agent_seconds``), ``None`` when it does not.
+    ``waiting_since``: since when a ``PENDING`` child waits for its agent
+    (``wait_for_agent_seconds``), ``None`` when it does not.
     ``terminate_requested_at``: when the child became ``TERMINATING`` (the confirmation
     deadline counts from it). ``ended_by_server``: the status was decided here, not reported
     by the agent (a late result is then kept as ``agent_reported``).

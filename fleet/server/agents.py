@@ -96,7 +96,7 @@ def command_message(
     batch: BatchRecord, child_id: str, environment: dict[str, str] | None = None
 ) -> pb.MessageToAgent:
     """The request that runs ``batch``'s command as ``child_id`` (a saved script is sent with
-    its content, never just its id); ``environment``: its parameters (SPEC §8)."""
+    its content, never just its id); ``environment``: its parameters."""
     kind = (
         pb.CommandType.SAVED_SCRIPT
         if batch.command_type == "SAVED_SCRIPT"

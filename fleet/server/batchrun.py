@@ -19,7 +19,7 @@ slot at a time needs no deep stack.
 
 Script parameters reach the agent as ``BatchAgentCommandRequest.environment``. Secret values
 live only in this object's memory (never in the store, the record, the feed or a log) and are
-dropped as soon as no child may still need its command sent (SPEC §8).
+dropped as soon as no child may still need its command sent.
 
 Every time here is trio time (``WallClock`` converts it at the edge, when stored or shown).
 """

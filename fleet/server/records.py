@@ -53,7 +53,7 @@ class ScriptRecord:
     content: str
     created_at: datetime
     updated_at: datetime
-    #: Declared parameters (SPEC §8), as stored: ``ParamSpec.stored()`` dicts.
+    #: Declared parameters, as stored: ``ParamSpec.stored()`` dicts.
     parameters: tuple[dict[str, Any], ...] = ()
 
 
@@ -103,7 +103,7 @@ class BatchRecord:
     completed_at: datetime | None
     counts: dict[str, int]
     children: tuple[ChildRecord, ...] = ()
-    # Rollout and parameters (SPEC §8). ``parameters`` are as shown: secret values masked;
+    # Rollout and parameters. ``parameters`` are as shown: secret values masked;
     # ``secret_parameters`` names them (their values are never stored).
     max_concurrency: int | str | None = None
     max_errors: int | str | None = None

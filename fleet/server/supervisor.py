@@ -104,7 +104,7 @@ class Supervisor:
         secrets: Mapping[str, str] | None = None,
     ) -> BatchRun:
         """Start running a stored batch (``resumed`` after a server restart); ``secrets``: the
-        values of its secret parameters (memory only, SPEC §8)."""
+        values of its secret parameters (memory only)."""
         assert self._nursery is not None, "Supervisor.run is not running"
         run = BatchRun(record, self.deps, on_final=self._finished, resumed=resumed, secrets=secrets)
         self._runs[run.id] = run

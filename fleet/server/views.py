@@ -55,7 +55,7 @@ def child_view(c: ChildRecord) -> dict[str, Any]:
 
 
 def rollout_view(b: BatchRecord) -> dict[str, Any]:
-    """The rollout fields (SPEC §8) that ``GET`` and the feed show of a batch."""
+    """The rollout fields that ``GET`` and the feed show of a batch."""
     pending = b.counts.get("PENDING", 0)
     live = b.rollout_counts or {"queued": pending, "waiting_for_agent": 0}
     return {

@@ -1,4 +1,4 @@
-"""Safe rollouts in the web UI (SPEC §8), in real headless Chromium against ``--demo 3``: the
+"""Safe rollouts in the web UI, in real headless Chromium against ``--demo 3``: the
 rollout fields, a script's parameters form, queued / waiting / skipped counts and the stop
 reason, "Re-run not succeeded" (secrets asked again), the re-run link in history.
 
@@ -91,9 +91,7 @@ def test_bad_rollout_values_are_explained_before_sending(session: Session) -> No
 
 def test_threshold_skips_then_rerun_not_succeeded(session: Session) -> None:
     page = log_in(session)
-    first = fill_and_run(
-        page, "exit 3", **{"max-concurrency-input": "1", "max-errors-input": "0"}
-    )
+    first = fill_and_run(page, "exit 3", **{"max-concurrency-input": "1", "max-errors-input": "0"})
     expect(page.get_by_test_id("batch-status")).to_have_attribute(
         "data-status", "COMPLETED_WITH_ERRORS"
     )

@@ -1,4 +1,4 @@
-"""Script parameters and the rollout fields of a batch request (SPEC §8): every error named."""
+"""Script parameters and the rollout fields of a batch request: every error named."""
 
 from __future__ import annotations
 

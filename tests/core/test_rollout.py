@@ -1,4 +1,4 @@
-"""Rollout (SPEC §8): concurrency slots, the error threshold, waiting for agents; unit tests and
+"""Rollout: concurrency slots, the error threshold, waiting for agents; unit tests and
 Hypothesis properties over random batches, options and event sequences."""
 
 from __future__ import annotations

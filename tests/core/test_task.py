@@ -17,6 +17,8 @@ import pytest
 from fleet.core import (
     CHILD_TRANSITIONS,
     Acked,
+    AgentAway,
+    AgentBack,
     AgentLost,
     AgentReport,
     AgentReturned,
@@ -31,6 +33,7 @@ from fleet.core import (
     OutputSeen,
     Reconciled,
     Rejected,
+    Skipped,
     Started,
     TerminateChild,
     Unreachable,
@@ -57,6 +60,9 @@ EVENTS: dict[str, Callable[[], ChildEvent]] = {
     "AgentReturned": lambda: AgentReturned(CID),
     "ReconciledListed": lambda: Reconciled(CID, listed=True),
     "ReconciledUnlisted": lambda: Reconciled(CID, listed=False),
+    "AgentAway": lambda: AgentAway(CID),
+    "AgentBack": lambda: AgentBack(CID),
+    "Skipped": lambda: Skipped(CID, "not run: error threshold reached"),
 }
 
 _FINISHED = {
@@ -79,6 +85,10 @@ EXPECTED: dict[tuple[ChildStatus, str], ChildStatus | None] = {
     (S.PENDING, "AgentLost"): S.PENDING,
     (S.PENDING, "ReconciledListed"): S.SENT_TO_AGENT,
     (S.PENDING, "ReconciledUnlisted"): S.PENDING,
+    # Rollout: waiting for an agent that is away; never dispatched.
+    (S.PENDING, "AgentAway"): S.PENDING,
+    (S.PENDING, "AgentBack"): S.PENDING,
+    (S.PENDING, "Skipped"): S.SKIPPED,
     (S.SENT_TO_AGENT, "Dispatched"): S.SENT_TO_AGENT,
     (S.SENT_TO_AGENT, "Acked"): S.AGENT_ACCEPTED,
     (S.SENT_TO_AGENT, "Rejected"): S.AGENT_REJECTED,
@@ -180,7 +190,13 @@ def expected_after(before: ChildTask, name: str, status: ChildStatus) -> dict[st
     event = EVENTS[name]()
     after = dataclasses.asdict(before) | {"status": status}
     if name == "Dispatched":
-        after |= {"sent_at": NOW, "maybe_sent": False}
+        after |= {"sent_at": NOW, "maybe_sent": False, "waiting_since": None}
+    elif name == "AgentAway":
+        after["waiting_since"] = NOW
+    elif name == "AgentBack":
+        after["waiting_since"] = None
+    elif name == "Skipped":
+        after |= {"error_message": "not run: error threshold reached", "completed_at": NOW}
     elif name == "Unreachable":
         after |= {"error_message": "agent is offline", "completed_at": NOW}
         after["ended_by_server"] = True
@@ -216,8 +232,15 @@ def expected_after(before: ChildTask, name: str, status: ChildStatus) -> dict[st
         if name == "ReconciledListed" and before.sent_at is None:
             after["sent_at"] = NOW
     if status.is_terminal:
-        after |= {"lost_since": None, "terminate_requested_at": None}
-    visible = ("status", "exit_code", "error_message", "started_at", "completed_at")
+        after |= {"lost_since": None, "terminate_requested_at": None, "waiting_since": None}
+    visible = (
+        "status",
+        "exit_code",
+        "error_message",
+        "started_at",
+        "completed_at",
+        "waiting_since",
+    )
     if any(after[f] != getattr(before, f) for f in visible):
         after["updated_at"] = NOW
     return after
@@ -585,6 +608,7 @@ def test_events_need_a_child_id(make: type, bad_id: object) -> None:
     extras: dict[type, dict[str, Any]] = {
         Finished: {"status": S.SUCCESS},
         Reconciled: {"listed": True},
+        Skipped: {"reason": "not run"},
     }
     extra = extras.get(make, {})
     with pytest.raises(ValueError, match="child_id"):

@@ -1,4 +1,4 @@
-"""Rollout in the engine (SPEC §8) on trio's virtual clock: slots, the error threshold, waiting
+"""Rollout in the engine on trio's virtual clock: slots, the error threshold, waiting
 for an agent, terminate, parameters and secrets."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Safe rollouts over REST with real agents (SPEC §8): parameters reach the command only as
+"""Safe rollouts over REST with real agents: parameters reach the command only as
 environment, secrets are masked and never stored, concurrency holds, tags, re-run, bad input."""
 
 from __future__ import annotations

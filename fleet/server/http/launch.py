@@ -2,7 +2,7 @@
 
 Both end in ``launch``: one store transaction, then the supervisor runs it. Secret parameter
 values go to the supervisor (memory) only: the stored request, the record, the views and the
-log line see them as ``"***"`` (SPEC §8).
+log line see them as ``"***"``.
 """
 
 from __future__ import annotations

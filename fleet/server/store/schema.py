@@ -56,7 +56,7 @@ def define_entities(db: Any) -> SimpleNamespace:
         content = orm.Optional(LongStr, autostrip=False)
         created_at = Required(datetime)
         updated_at = Required(datetime)
-        parameters = orm.Optional(Json, nullable=True)  # declared parameters (SPEC §8)
+        parameters = orm.Optional(Json, nullable=True)  # declared parameters
 
     class ApiToken(db.Entity):  # type: ignore[misc]
         _table_ = "api_token"
@@ -81,7 +81,7 @@ def define_entities(db: Any) -> SimpleNamespace:
         updated_at = Required(datetime)
         completed_at = orm.Optional(datetime)
         children = Set("Child")
-        # Rollout and parameters (SPEC §8); limits as given (a count or "N%"), as text.
+        # Rollout and parameters; limits as given (a count or "N%"), as text.
         max_concurrency = orm.Optional(str, nullable=True)
         max_errors = orm.Optional(str, nullable=True)
         wait_for_agent_seconds = orm.Optional(int, nullable=True)
