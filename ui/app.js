@@ -37,7 +37,7 @@
 //             history-empty
 //   scripts   scripts-list, scripts-empty, script-row-<id>, script-new, script-form,
 //             script-editor-title, script-name, script-description, script-content,
-//             script-save, script-run, script-delete
+//             script-parameters, script-save, script-run, script-delete
 //   machines  vps-add-form, vps-add-name, vps-add-tags, vps-add-submit, vps-secret,
 //             vps-agent-install, vps-agent-command (+ vps-agent-secret-line, vps-agent-run-line),
 //             vps-manage-table, vps-manage-row-<id>, vps-delete-<id>

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from .args import CommandTree
 from .client import EXIT_OK, FleetClient, UsageError
@@ -32,6 +34,12 @@ def add_commands(tree: CommandTree) -> None:
         content.add_argument("--file", metavar="F", help="read the content from F (- for stdin)")
         content.add_argument("--content", metavar="C", help="the content itself")
         q.add_argument("--description", metavar="D")
+        q.add_argument(
+            "--params-file",
+            metavar="F",
+            help="declared parameters: a JSON list of {name, description, required, default, "
+            "pattern, secret}",
+        )
     q = tree.leaf(s, "rm", cmd_scripts_rm, "delete a saved script")
     q.add_argument("script", metavar="ID|NAME")
 
@@ -45,6 +53,19 @@ def _content(args: argparse.Namespace) -> str | None:
         return sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
     except (OSError, UnicodeError) as exc:
         raise UsageError(f"cannot read {args.file}: {exc}") from exc
+
+
+def _declared(args: argparse.Namespace) -> list[Any] | None:
+    if args.params_file is None:
+        return None
+    try:
+        text = sys.stdin.read() if args.params_file == "-" else Path(args.params_file).read_text()
+        value = json.loads(text)
+    except (OSError, UnicodeError, ValueError) as exc:
+        raise UsageError(f"cannot read {args.params_file}: {exc}") from exc
+    if not isinstance(value, list):
+        raise UsageError(f"{args.params_file}: expected a JSON list of parameters")
+    return value
 
 
 async def cmd_scripts_list(client: FleetClient, args: argparse.Namespace) -> int:
@@ -75,7 +96,13 @@ async def cmd_scripts_show(client: FleetClient, args: argparse.Namespace) -> int
 
 
 async def cmd_scripts_add(client: FleetClient, args: argparse.Namespace) -> int:
-    body = {"name": args.name, "description": args.description or "", "content": _content(args)}
+    body: dict[str, Any] = {
+        "name": args.name,
+        "description": args.description or "",
+        "content": _content(args),
+    }
+    if (declared := _declared(args)) is not None:
+        body["parameters"] = declared
     script = await client.call("POST", "/api/scripts", body)
     print(f"Saved script {script['id']} {script['name']!r}.")
     return EXIT_OK
@@ -91,6 +118,8 @@ async def cmd_scripts_edit(client: FleetClient, args: argparse.Namespace) -> int
         ),
         "content": content if content is not None else script["content"],
     }
+    if (declared := _declared(args)) is not None:
+        body["parameters"] = declared
     updated = await client.call("PUT", f"/api/scripts/{script['id']}", body)
     print(f"Updated script {updated['id']} {updated['name']!r}.")
     return EXIT_OK

@@ -187,3 +187,30 @@ def test_a_target_waiting_for_its_agent_shows_the_time_left(session: Session) ->
         expect(waiting).to_be_hidden()
     finally:
         api(session.server, "DELETE", f"/api/vps/{ghost['id']}")
+
+
+def test_declare_parameters_in_the_script_editor(session: Session) -> None:
+    page = log_in(session)
+    page.get_by_test_id("nav-scripts").click()
+    page.get_by_test_id("script-new").click()
+    page.get_by_test_id("script-name").fill("declared-in-ui")
+    page.get_by_test_id("script-content").fill('echo "v=$FLEET_PARAM_VERSION"\n')
+    page.get_by_test_id("script-parameters").fill('[{"name": "VERSION", "pattern": "("}]')
+    page.get_by_test_id("script-save").click()
+    expect(page.get_by_test_id("error-banner")).to_contain_text("not a valid regular expression")
+    page.get_by_test_id("script-parameters").fill(
+        '[{"name": "VERSION", "required": true, "pattern": "[0-9.]+", "description": "semver"}]'
+    )
+    page.get_by_test_id("script-save").click()
+    item = page.locator("[data-testid^=script-row-]", has_text="declared-in-ui")
+    expect(item).to_be_visible()
+    page.get_by_test_id("script-run").click()
+    expect(page.get_by_test_id("params-form")).to_contain_text("semver")
+    page.get_by_test_id("select-all").click()
+    page.get_by_test_id("param-VERSION").fill("not a version")
+    page.get_by_test_id("run-button").click()
+    expect(page.get_by_test_id("error-banner")).to_contain_text("does not match the pattern")
+    page.get_by_test_id("param-VERSION").fill("1.2.3")
+    page.get_by_test_id("run-button").click()
+    expect(page).to_have_url(BATCH_URL)
+    expect(output(page, "demo-3")).to_contain_text("v=1.2.3")

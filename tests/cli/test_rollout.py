@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,19 @@ def test_rerun_of_an_unknown_batch(fleet: FleetRunner) -> None:
     result = fleet("batches", "rerun", "00000000-0000-0000-0000-000000000000")
     assert result.code != 0
     assert "no batch" in result.err
+
+
+def test_a_script_with_parameters_from_the_cli(fleet: FleetRunner, tmp_path: Path) -> None:
+    spec = tmp_path / "params.json"
+    spec.write_text(json.dumps([{"name": "WHO", "required": True, "pattern": "[a-z]+"}]))
+    added = fleet("scripts", "add", "cli-params", "--content", 'echo "hi $FLEET_PARAM_WHO"',
+                  "--params-file", str(spec))  # fmt: skip
+    assert added.code == 0, added.err
+    missing = fleet("run", "--target", "demo-1", "--script", "cli-params", "--", "")
+    assert missing.code == 2
+    assert "parameters.WHO" in missing.err
+    ok = fleet("run", "--target", "demo-1", "--script", "cli-params", "-p", "WHO=you")
+    assert ok.code == 0, ok.err
+    assert ok.out.strip() == "demo-1 | hi you"
+    shown = fleet("scripts", "show", "cli-params", "--json")
+    assert json.loads(shown.out)["parameters"][0]["name"] == "WHO"

@@ -305,3 +305,26 @@ async def test_bad_rollout_input_is_never_a_500(client: httpx.AsyncClient) -> No
         url, content=b"{nope", headers={"Content-Type": "application/json"}
     )
     assert response.status_code == 400
+
+
+async def test_editing_a_script_keeps_its_parameters_unless_given(
+    client: httpx.AsyncClient,
+) -> None:
+    declared = [{"name": "V", "required": True, "pattern": "[0-9]+"}]
+    created = await client.post(
+        "/api/scripts", json={"name": "keep", "content": "true", "parameters": declared}
+    )
+    sid = created.json()["id"]
+    edited = await client.put(f"/api/scripts/{sid}", json={"name": "keep", "content": "false"})
+    assert edited.status_code == 200, edited.text
+    assert [p["name"] for p in edited.json()["parameters"]] == ["V"]
+    cleared = await client.put(
+        f"/api/scripts/{sid}", json={"name": "keep", "content": "false", "parameters": []}
+    )
+    assert cleared.json()["parameters"] == []
+    bad = await client.put(
+        f"/api/scripts/{sid}",
+        json={"name": "keep", "content": "x", "parameters": [{"name": "A", "pattern": "[z-a]"}]},
+    )
+    assert bad.status_code == 422
+    assert "not a valid regular expression" in bad.text

@@ -16,6 +16,7 @@ import {
   naturalCompare, parseTime, plural,
 } from "../format.js";
 import { DEFERRED, TaskPanel } from "./panel.js";
+import { renderRollout, rerunNotSucceeded } from "./rollout.js";
 
 const FRAME_BUDGET_MS = 10;
 const EXPAND_ALL_UP_TO = 24; // larger batches start with panels collapsed (one-line previews)
@@ -351,73 +352,25 @@ class BatchView {
     }
   }
 
-  /** Rollout options, queued / waiting / skipped counts, why dispatching stopped, re-run link. */
   renderRollout(b) {
-    const e = this.els;
-    let queued = 0;
-    let waiting = 0;
-    for (const panel of this.order) {
-      if (panel.task.status !== "PENDING") continue;
-      if (panel.task.waiting_until) waiting += 1;
-      else queued += 1;
-    }
-    const skipped = this.counts.skipped || 0;
-    const parts = [];
-    if (b.max_concurrency != null) parts.push(`at most ${b.max_concurrency} at once`);
-    if (b.max_errors != null) parts.push(`stop after ${b.max_errors} error${b.max_errors === 1 ? "" : "s"}`);
-    if (b.wait_for_agent_seconds) parts.push(`wait up to ${fmtDuration(b.wait_for_agent_seconds * 1000)} for offline agents`);
-    const live = [];
-    if (queued && (b.max_concurrency != null || !isTerminalBatch(b.overall_status))) live.push(`${queued} queued`);
-    if (waiting) live.push(`${waiting} waiting for their agent`);
-    if (skipped) live.push(`${skipped} skipped`);
-    const text = [parts.length ? `Rollout: ${parts.join(", ")}` : "", live.join(" · ")].filter(Boolean).join(" — ");
-    e.rollout.hidden = !text;
-    setText(e.rollout, text);
-    e.rollout.dataset.queued = String(queued);
-    e.rollout.dataset.waiting = String(waiting);
-    e.rollout.dataset.skipped = String(skipped);
-    e.stopReason.hidden = !b.stop_reason;
-    setText(e.stopReason, b.stop_reason ? `Dispatching stopped: ${b.stop_reason}` : "");
-    if (b.rerun_of && e.rerunOf.hidden) {
-      e.rerunOf.hidden = false;
-      replaceChildren(e.rerunOf, "Re-run of ", h("a", { href: `#/batch/${encodeURIComponent(b.rerun_of)}`, class: "mono", testid: "rerun-of-link" }, b.rerun_of));
-    }
+    renderRollout(this.els, b, this.order, this.counts.skipped || 0);
   }
 
   async rerun() {
     if (this.rerunning) return;
-    const body = { only: "not_succeeded" };
-    const secrets = [...this.els.secrets.querySelectorAll("input[data-param]")];
-    if (secrets.length) body.parameters = Object.fromEntries(secrets.map((i) => [i.dataset.param, i.value]));
     this.rerunning = true;
     this.headDirty = true;
     this.schedule();
     try {
-      const res = await post(`/api/batch_commands/${encodeURIComponent(this.id)}/rerun`, body);
-      this.ctx.navigate(`#/batch/${encodeURIComponent(res.batch_command_id)}`);
+      const res = await rerunNotSucceeded(this.id, this.els.secrets);
+      if (res) this.ctx.navigate(`#/batch/${encodeURIComponent(res.batch_command_id)}`);
     } catch (err) {
-      const missing = err instanceof ApiError && err.status === 422 && Array.isArray(err.detail)
-        ? err.detail.filter((d) => /secret parameter/.test(d.reason || "")).map((d) => String(d.field).replace(/^parameters\./, ""))
-        : [];
-      if (missing.length && !secrets.length) this.askSecrets(missing);
-      else this.ctx.showError(err, "Could not re-run the batch");
+      this.ctx.showError(err, "Could not re-run the batch");
     } finally {
       this.rerunning = false;
       this.headDirty = true;
       this.schedule();
     }
-  }
-
-  /** Secret parameters are never kept: a re-run asks for them again. */
-  askSecrets(names) {
-    const form = this.els.secrets;
-    replaceChildren(form,
-      h("p", {}, "Secret parameters are not kept after a run: give them again to re-run."),
-      names.map((name) => h("label", { class: "field" }, `${name} `,
-        h("input", { type: "password", class: "input", testid: `rerun-secret-${name}`, dataset: { param: name }, autocomplete: "new-password" }))),
-      h("button", { type: "submit", class: "btn btn-primary", testid: "rerun-secrets-submit" }, "Re-run not succeeded"));
-    form.hidden = false;
-    form.querySelector("input")?.focus();
   }
 
   renderFeedState() {

@@ -9,18 +9,7 @@ import { field, h, replaceChildren, setText } from "../dom.js";
 import { getDraft, setDraft } from "../draft.js";
 import { fmtAgo, fmtFull, naturalCompare, plural } from "../format.js";
 import { VpsFeed } from "../vpsfeed.js";
-const LIMIT_RE = /^\s*(\d{1,9})\s*(%?)\s*$/;
-
-/** "10" → 10, "10%" → "10%", "" → null; undefined when malformed (the server says why too). */
-export function parseLimit(text, minimum) {
-  const t = String(text || "").trim();
-  if (!t) return null;
-  const m = LIMIT_RE.exec(t);
-  if (!m) return undefined;
-  const n = Number(m[1]);
-  if (m[2]) return n >= minimum && n <= 100 ? `${n}%` : undefined;
-  return n >= minimum ? n : undefined;
-}
+import { paramValues, parseLimit, renderParams } from "./rollout.js";
 
 export function mount(root, ctx) {
   const view = new RunView(root, ctx);
@@ -399,7 +388,7 @@ class RunView {
     e.commandField.hidden = script;
     e.scriptField.hidden = !script;
     this.source = script ? "script" : "command";
-    if (this.scripts) this.renderParams(this.scripts.find((x) => String(x.id) === e.script.value));
+    if (this.scripts) this.params = renderParams(this.els.params, this.source === "script" && this.scripts.find((x) => String(x.id) === e.script.value));
     if (save) this.saveDraft();
   }
 
@@ -419,39 +408,7 @@ class RunView {
     pre.hidden = !s;
     setText(pre, s ? s.content : "");
     if (s?.description) pre.title = s.description;
-    this.renderParams(s);
-  }
-
-  /** The parameters form, generated from the script's declaration (SPEC §8). */
-  renderParams(script) {
-    const box = this.els.params;
-    const specs = this.source === "script" && script ? script.parameters || [] : [];
-    this.paramInputs = new Map();
-    box.hidden = !specs.length;
-    if (!specs.length) { replaceChildren(box); return; }
-    const fields = specs.map((p) => {
-      const input = h("input", {
-        type: p.secret ? "password" : "text", class: "input mono", testid: `param-${p.name}`,
-        placeholder: p.default != null && !p.secret ? p.default : (p.required ? "required" : "optional"),
-        spellcheck: false, autocomplete: p.secret ? "new-password" : "off",
-        attrs: { "data-required": p.required ? "true" : null },
-      });
-      this.paramInputs.set(p.name, { input, spec: p });
-      const hint = [p.description, p.pattern ? `Must match ${p.pattern}.` : "", p.secret ? "Secret: masked everywhere, never stored." : ""]
-        .filter(Boolean).join(" ");
-      return field(`${p.name}${p.required ? " *" : ""}`, input, hint || `Reaches the script as $FLEET_PARAM_${p.name}.`);
-    });
-    replaceChildren(box, h("h3", { class: "subhead" }, "Parameters"),
-      h("p", { class: "hint" }, "Given to the script as environment variables FLEET_PARAM_<name>, never pasted into its text."),
-      h("div", { class: "row-3" }, fields));
-  }
-
-  paramValues() {
-    const out = {};
-    for (const [name, { input }] of this.paramInputs || []) {
-      if (input.value !== "") out[name] = input.value;
-    }
-    return out;
+    this.params = renderParams(this.els.params, this.source === "script" ? s : null);
   }
 
   saveDraft() {
@@ -485,7 +442,7 @@ class RunView {
     if (parseLimit(e.maxErrors.value, 0) === undefined) problems.push("Max errors must be a number (0 or more), or a percentage from 0% to 100%.");
     const w = e.waitForAgent.value.trim();
     if (w && !(Number.isInteger(Number(w)) && Number(w) >= 0 && Number(w) <= 604800)) problems.push("Wait for agent must be a whole number of seconds from 0 to 604800.");
-    for (const [name, { input, spec }] of this.paramInputs || []) {
+    for (const [name, { input, spec }] of this.params || []) {
       if (spec.required && spec.default == null && input.value === "") problems.push(`Parameter ${name} is required.`);
     }
     return problems;
@@ -511,7 +468,7 @@ class RunView {
     if (me !== null) body.max_errors = me;
     if (e.waitForAgent.value.trim()) body.wait_for_agent_seconds = Number(e.waitForAgent.value.trim());
     if (this.source === "script") {
-      const params = this.paramValues();
+      const params = paramValues(this.params);
       if (Object.keys(params).length) body.parameters = params;
     }
     this.posting = true;

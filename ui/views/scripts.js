@@ -27,6 +27,10 @@ class ScriptsView {
       class: "input mono", testid: "script-content", rows: 16, spellcheck: false,
       placeholder: "#!/bin/sh\nset -eu\n…", attrs: { autocapitalize: "off", autocomplete: "off" },
     });
+    e.params = h("textarea", {
+      class: "input mono", testid: "script-parameters", rows: 4, spellcheck: false,
+      placeholder: '[{"name": "VERSION", "required": true, "pattern": "[0-9.]+"}, {"name": "TOKEN", "secret": true}]',
+    });
     e.heading = h("h2", { id: "editor-h", testid: "script-editor-title" });
     e.meta = h("p", { class: "muted small" });
     e.save = h("button", { type: "submit", class: "btn btn-primary", testid: "script-save" }, "Save");
@@ -44,6 +48,7 @@ class ScriptsView {
     field("Name", e.name),
     field("Description", e.description, "Optional: what it does and when to use it."),
     field("Content", e.content, "Run by /bin/sh, or by the interpreter named on its #! line."),
+    field("Parameters (JSON)", e.params, "Optional: each reaches the script as $FLEET_PARAM_<name>; keys name, description, required, default, pattern, secret."),
     h("div", { class: "actions" }, e.save, e.run, h("span", { class: "spacer" }), e.remove));
     replaceChildren(root,
       h("div", { class: "page-head" }, h("h1", { tabIndex: -1 }, "Saved scripts"), h("span", { class: "spacer" }),
@@ -108,6 +113,7 @@ class ScriptsView {
     e.name.value = script?.name || "";
     e.description.value = script?.description || "";
     e.content.value = script?.content || "";
+    e.params.value = script?.parameters?.length ? JSON.stringify(script.parameters, null, 1) : "";
     setText(e.heading, script ? `Edit “${script.name}”` : "New script");
     setText(e.meta, script ? `Created ${fmtTime(script.created_at)} · updated ${fmtTime(script.updated_at)}` : "");
     e.meta.title = script ? `Updated ${fmtFull(script.updated_at)}` : "";
@@ -122,6 +128,11 @@ class ScriptsView {
     const problems = [];
     if (!body.name) problems.push("Give the script a name.");
     if (!body.content.trim()) problems.push("The script is empty.");
+    if (e.params.value.trim()) {
+      try { body.parameters = JSON.parse(e.params.value); } catch { problems.push("Parameters must be JSON: a list of {name, …} objects."); }
+    } else {
+      body.parameters = [];
+    }
     if (problems.length) {
       this.ctx.showError({ title: "Cannot save yet", lines: problems });
       return;

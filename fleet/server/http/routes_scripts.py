@@ -38,8 +38,11 @@ def register(app: QuartTrio, services: Services) -> None:
     @app.put("/api/scripts/<script_id>")
     async def update_script(script_id: str) -> Response:
         ident = path_id(script_id, "script")
-        f = core.validate_script_body(await json_body())
+        body = await json_body()
+        f = core.validate_script_body(body)
         params = [p.stored() for p in f["parameters"]]
+        if isinstance(body, dict) and "parameters" not in body:  # kept unless given
+            params = list((await db.run(Store.get_script, ident)).parameters)
         await db.run(Store.update_script, ident, f["name"], f["description"], f["content"], params)
         return json_response(script_view(await db.run(Store.get_script, ident)))
 
