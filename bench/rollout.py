@@ -15,6 +15,7 @@ agent links run in ``bench.agents_host`` processes. Two batches:
 
 from __future__ import annotations
 
+import bisect
 import time
 from typing import Any
 
@@ -28,6 +29,7 @@ from ._common import (
     fmt,
     log,
     parse_iso,
+    percentile,
     table,
     temp_dir,
     watch_batch,
@@ -50,15 +52,41 @@ def peak_overlap(intervals: list[tuple[float, float]]) -> int:
 
 
 def intervals(view: dict[str, Any]) -> list[tuple[float, float]]:
+    return [(s, e) for s, e, _ in timings(view)]
+
+
+def timings(view: dict[str, Any]) -> list[tuple[float, float, float]]:
+    """Per child: its command's start and end (agent clock), and when the server recorded its
+    result (``agent_completed_at``)."""
     out = []
     for task in view["tasks"]:
         lines = task.get("output_stream_summary") or []
-        if not lines:
+        recorded = parse_iso(task.get("agent_completed_at"))
+        if not lines or recorded is None:
             continue
         parts = lines[-1].split()
         if len(parts) == 2:
-            out.append((float(parts[0]), float(parts[1])))
+            out.append((float(parts[0]), float(parts[1]), recorded))
     return out
+
+
+def pipeline(view: dict[str, Any], concurrency: int) -> dict[str, float]:
+    """Where a slot's time goes: result lag (command end → result recorded by the server) and
+    slot reuse (a result recorded → the next queued command starting on its agent)."""
+    rows = timings(view)
+    starts = sorted(s for s, _, _ in rows)
+    lag = [recorded - end for _, end, recorded in rows]
+    reuse = []
+    for recorded in sorted(r for _, _, r in rows)[: max(len(rows) - concurrency, 0)]:
+        i = bisect.bisect_left(starts, recorded)
+        if i < len(starts):
+            reuse.append(starts[i] - recorded)
+    return {
+        "result_lag_p50_s": percentile(lag, 50),
+        "result_lag_p90_s": percentile(lag, 90),
+        "slot_reuse_p50_s": percentile(reuse, 50),
+        "slot_reuse_p90_s": percentile(reuse, 90),
+    }
 
 
 async def timed(api: Api, body: dict[str, Any], timeout: float) -> tuple[float, dict[str, Any]]:
@@ -100,7 +128,13 @@ async def run(
                 if ok != n or len(spans) != n:
                     raise BenchError(f"only {ok}/{n} succeeded ({len(spans)} timed)")
                 peak = peak_overlap(spans)
+                slots = pipeline(view, concurrency)
                 log(f"rollout: peak {peak} at once, wall {wall:.2f} s (ideal {ideal:.2f} s)")
+                # The same batch without a limit: what this machine does at full fan-out.
+                wall_all, view_all = await timed(
+                    api, {"command_content": TIMED, "target_vps_ids": ids}, timeout
+                )
+                log(f"rollout: without max_concurrency {wall_all:.2f} s")
 
                 lock = tmp / "first-fails"
                 failing = f"mkdir {lock} 2>/dev/null && {{ echo $(date +%s.%N); exit 1; }}; {TIMED}"
@@ -131,6 +165,9 @@ async def run(
         "wall_s": wall,
         "ideal_s": ideal,
         "overhead_s": wall - ideal,
+        "pipeline": slots,
+        "unlimited_wall_s": wall_all,
+        "unlimited_peak_running": peak_overlap(intervals(view_all)),
         "errors_run": {
             "wall_s": wall_err,
             "started_after_failure_recorded": after,
@@ -142,7 +179,7 @@ async def run(
 
 
 def render(result: dict[str, Any]) -> str:
-    e = result["errors_run"]
+    e, p = result["errors_run"], result["pipeline"]
     rows = [
         ["targets", result["n"]],
         ["max_concurrency", result["max_concurrency"]],
@@ -150,6 +187,13 @@ def render(result: dict[str, Any]) -> str:
         ["wall time, POST → final on the feed", fmt(result["wall_s"], "s", 2)],
         ["ideal N / C × 0.2 s", fmt(result["ideal_s"], "s", 2)],
         ["overhead over the ideal", fmt(result["overhead_s"], "s", 2)],
+        ["result lag p50/p90 (command end → recorded)",
+         f"{fmt(p['result_lag_p50_s'], 's', 3)} / {fmt(p['result_lag_p90_s'], 's', 3)}"],
+        ["slot reuse p50/p90 (recorded → next command starts)",
+         f"{fmt(p['slot_reuse_p50_s'], 's', 3)} / {fmt(p['slot_reuse_p90_s'], 's', 3)}"],
+        ["same batch without a limit: wall time", fmt(result["unlimited_wall_s"], "s", 2)],
+        ["same batch without a limit: highest running at once",
+         result["unlimited_peak_running"]],
         ["max_errors 0: started after the failure was recorded",
          e["started_after_failure_recorded"]],
         ["max_errors 0: commands that ran (incl. the failing one)", e["ran"]],
