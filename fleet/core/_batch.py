@@ -223,18 +223,24 @@ class Batch:
         self._pump(effects)
         return effects
 
-    def resume(self, *, now: float, user_terminated: bool = False) -> list[Effect]:
+    def resume(
+        self, *, now: float, user_terminated: bool = False, stop_reason: str | None = None
+    ) -> list[Effect]:
         """Carry on after the owner restarted, with children restored as stored.
 
         Every live child is treated as having lost its agent at ``now``: its agent gets the
         reconnect grace to come back and say what it holds. That includes ``PENDING`` ones: the
         owner may have sent their command just before it stopped, so they are ``maybe_sent``
         (never "not sent": that is known only when the agent says). ``user_terminated``
-        restores a batch that was being terminated. Call instead of ``start``.
+        restores a batch that was being terminated, ``stop_reason`` one whose dispatching had
+        stopped (it stays stopped: a child found never sent is then ``SKIPPED``). A ``PENDING``
+        child that its agent says it never got goes back to the rollout queue. Call instead of
+        ``start``.
         """
         if self._started:
             raise InvalidTransition(self.status, "resume")
         self._started = True
+        self._dispatch.stop_reason = stop_reason
         self._recount()  # the children were restored after this batch was built
         if user_terminated:
             self.user_terminated = True
@@ -351,7 +357,7 @@ class Batch:
         if task.status is S.PENDING:
             if task.maybe_sent:
                 self._child_event(Reconciled(task.child_id, listed=False), now, effects)
-                self._dispatch.queue.appendleft(task.child_id)  # sent when a slot is free
+                self._dispatch.queue.append(task.child_id)  # sent when a slot is free
             return
         if task.lost_since is None:
             return
@@ -370,7 +376,7 @@ class Batch:
             if task.status is S.TERMINATING:
                 effects.append(SendTerminate(task.child_id, task.vps_id))
         elif was is S.PENDING:
-            self._dispatch.queue.appendleft(task.child_id)  # never sent: sent when a slot is free
+            self._dispatch.queue.append(task.child_id)  # never sent: sent when a slot is free
         elif was is S.SENT_TO_AGENT:
             effects.append(SendCommand(task.child_id, task.vps_id))
         elif was is S.TERMINATING and task.started_at is None and task.pid is None:

@@ -184,7 +184,11 @@ class BatchRun:
             now = self._deps.clock.now()
             if self._resumed:
                 terminating = self.record.status is core.BatchStatus.TERMINATING
-                self._apply(self.batch.resume(now=now, user_terminated=terminating))
+                self._apply(
+                    self.batch.resume(
+                        now=now, user_terminated=terminating, stop_reason=self.record.stop_reason
+                    )
+                )
             else:
                 self._apply(self.batch.start(now=now))
             nursery.start_soon(self._deadlines)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleet.core import (
     MASK,
@@ -209,3 +211,36 @@ def test_bad_rollout_fields(extra: dict[str, Any], field: str, reason: str) -> N
     with pytest.raises(ValidationError) as info:
         validate_batch_request(base(**extra))
     assert reason in fields(info)[field]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(
+    extra=st.dictionaries(
+        st.sampled_from(
+            ["max_concurrency", "max_errors", "wait_for_agent_seconds", "target_tags", "parameters"]
+        ),
+        JSON | st.text(max_size=6).map(lambda t: t + "%"),
+    )
+)
+def test_any_rollout_input_is_accepted_or_refused_by_name(extra: dict[str, Any]) -> None:
+    """Whatever JSON a client sends in the new fields: a request, or a ValidationError naming
+    the field, never another exception."""
+    errors: list[dict[str, Any]] = []
+    try:
+        req = validate_batch_request(base(**extra))
+    except ValidationError as exc:
+        errors = exc.errors
+    if errors:
+        assert {e["field"].split(".")[0].split("[")[0] for e in errors} <= set(extra)
+        return
+    assert req.wait_for_agent_seconds >= 0
+    assert req.max_concurrency is None or req.max_concurrency != 0

@@ -379,7 +379,10 @@ def test_a_child_restored_after_a_restart_goes_back_to_the_queue() -> None:
     batch.handle(Dispatched("c1"), now=1)
     assert sent(batch.agent_connected(2, frozenset(), now=2)) == []  # c1 holds the slot
     assert sent(batch.agent_connected(3, None, now=2)) == []
-    assert sent(batch.handle(Finished("c1", S.SUCCESS, 0), now=3)) == ["c3"]
+    # In the order their agents said they never got them.
+    assert sent(batch.handle(Finished("c1", S.SUCCESS, 0), now=3)) == ["c2"]
+    batch.handle(Dispatched("c2"), now=3)
+    assert sent(batch.handle(Finished("c2", S.SUCCESS, 0), now=4)) == ["c3"]
 
 
 # --- properties --------------------------------------------------------------------------
@@ -477,3 +480,17 @@ def test_rollout_properties(
         errors = sum(1 for t in batch.children.values() if t.status in ERROR_STATUSES)
         assert rollout.max_errors is not None
         assert errors > resolve_limit(rollout.max_errors, n, minimum=0)
+
+
+def test_a_resumed_batch_whose_dispatching_had_stopped_skips_what_was_never_sent() -> None:
+    children = [ChildTask.restore("c1", 1, "v1", S.FAILURE, exit_code=1)] + [
+        ChildTask.restore(f"c{i}", i, f"v{i}", S.PENDING) for i in (2, 3)
+    ]
+    batch = Batch("b", children, rollout=Rollout(max_concurrency=1, max_errors=0))
+    reason = "error threshold reached: 1 children ended in error (max_errors 0)"
+    batch.resume(now=0, stop_reason=reason)
+    assert batch.stop_reason == reason
+    assert sent(batch.agent_connected(2, frozenset(), now=1)) == []
+    assert batch.children["c2"].status is S.SKIPPED
+    assert sent(batch.agent_connected(3, frozenset({"c3"}), now=1)) == []
+    assert batch.children["c3"].status is S.SENT_TO_AGENT  # it did reach its agent: it runs

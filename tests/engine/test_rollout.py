@@ -198,3 +198,26 @@ async def test_a_long_queue_of_absent_agents_drains_without_recursion(
         run = engine.submit(batch(tmp_path, list(range(1, 2001)), max_concurrency=1))
         await engine.settle()
         assert run.batch.counts() == {"AGENT_UNREACHABLE": 2000}
+
+
+async def test_a_resumed_rollout_sends_what_never_left_one_slot_at_a_time(
+    engine: Engine, tmp_path: Path, autojump_clock: object
+) -> None:
+    """After a restart the queue is rebuilt from what the agents say they hold: never sent
+    twice, never more than max_concurrency at once."""
+    with trio.fail_after(5):
+        record = batch(tmp_path, [1, 2, 3], max_concurrency=1)
+        run = engine.submit(record, resumed=True)
+        await engine.settle()
+        c1, c2, c3 = (child(run, v) for v in (1, 2, 3))
+        engine.connect(1, open_ids=[c1])  # c1 was on its way before the restart: it runs
+        engine.connect(2, open_ids=[])
+        engine.connect(3, open_ids=[])
+        await engine.settle()
+        assert sent(engine) == []  # c1 holds the slot
+        engine.result(1, c1)
+        await engine.settle()
+        assert sent(engine) == [c2]
+        engine.result(2, c2)
+        await engine.settle()
+        assert sent(engine) == [c2, c3]
