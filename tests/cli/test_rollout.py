@@ -3,12 +3,16 @@ server with three real agents."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import re
 from pathlib import Path
 
 import pytest
+
+from fleet.cli.console import Progress
+from fleet.cli.watch import BatchWatch
 
 from .conftest import FleetRunner, Server
 
@@ -106,3 +110,16 @@ def test_a_script_with_parameters_from_the_cli(fleet: FleetRunner, tmp_path: Pat
     assert ok.out.strip() == "demo-1 | hi you"
     shown = fleet("scripts", "show", "cli-params", "--json")
     assert json.loads(shown.out)["parameters"][0]["name"] == "WHO"
+
+
+def test_the_progress_line_shows_queued_and_skipped() -> None:
+    watch = BatchWatch("b", output=False)
+    tasks = [
+        {"child_command_id": f"c{i}", "vps_id": i, "vps_name": f"v{i}", "status": status}
+        for i, status in enumerate(["EXECUTING", "PENDING", "PENDING", "FAILURE", "SKIPPED"], 1)
+    ]
+    watch.on_snapshot({"batch_command_id": "b", "overall_status": "IN_PROGRESS", "tasks": tasks})
+    out = io.StringIO()
+    Progress(out, enabled=True).draw(watch, force=True)
+    line = out.getvalue()
+    assert "2/5 done · 1 failed · 1 running · 2 queued · 1 skipped" in line
