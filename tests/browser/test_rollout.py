@@ -2,12 +2,13 @@
 rollout fields, a script's parameters form, queued / waiting / skipped counts and the stop
 reason, "Re-run not succeeded" (secrets asked again), the re-run link in history.
 
-The screenshots of the run form and of a batch with a rollout in progress are saved under
-``docs/`` (they are the ones the README shows).
+The screenshots of the run form and of a batch with a rollout in progress go to
+``test-artifacts/``; with ``UPDATE_DOCS_SCREENSHOTS=1`` they replace the ones in ``docs/``.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 from typing import Any
@@ -16,11 +17,17 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from .support import Session
-from .test_ui import BATCH_URL, VPS_NAMES, api, gated, log_in, output
+from .test_ui import BATCH_URL, VPS_NAMES, api, log_in, output
 
 pytestmark = pytest.mark.browser
 
-DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs"
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SHOTS = REPO / ("docs" if os.environ.get("UPDATE_DOCS_SCREENSHOTS") == "1" else "test-artifacts")
+#: Waits (at most 30 s) for a file named ``gate`` in its working directory.
+GATED = (
+    'echo "upgrading $(hostname)"; '
+    "for i in $(seq 300); do [ -e gate ] && break; sleep 0.1; done; echo done"
+)
 
 
 def fill_and_run(page: Page, command: str, **fields: str) -> str:
@@ -42,7 +49,9 @@ def test_rollout_fields_queue_and_screenshots(session: Session, tmp_path: pathli
     page = log_in(session)
     gate = tmp_path / "gate"
     page.get_by_test_id("select-all").click()
-    page.get_by_test_id("command-input").fill(gated("step 1", "step 2", gate))
+    page.get_by_test_id("command-input").fill(GATED)
+    page.get_by_test_id("cwd-input").fill(str(tmp_path))
+    page.get_by_test_id("alias-input").fill("kernel upgrade, one machine at a time")
     page.get_by_test_id("max-concurrency-input").fill("1")
     page.get_by_test_id("max-errors-input").fill("0")
     page.get_by_test_id("wait-for-agent-input").fill("60")
@@ -50,8 +59,8 @@ def test_rollout_fields_queue_and_screenshots(session: Session, tmp_path: pathli
     expect(rollout).to_contain_text("At most this many VPSes run at once")
     expect(rollout).to_contain_text("0 stops at the first error")
     expect(rollout).to_contain_text("offline waits this long")
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "run-form.png"), full_page=True, animations="disabled")
+    SHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SHOTS / "run-form.png"), full_page=True, animations="disabled")
     page.get_by_test_id("run-button").click()
     expect(page).to_have_url(BATCH_URL)
     summary = page.get_by_test_id("rollout-summary")
@@ -59,9 +68,10 @@ def test_rollout_fields_queue_and_screenshots(session: Session, tmp_path: pathli
     expect(summary).to_contain_text("stop after 0 errors")
     expect(summary).to_contain_text("2 queued")
     expect(summary).to_have_attribute("data-queued", "2")
-    expect(output(page, "demo-1")).to_contain_text("step 1")
+    expect(output(page, "demo-1")).to_contain_text("upgrading")
     expect(page.get_by_test_id("panel-status-demo-2")).to_have_attribute("data-status", "PENDING")
-    page.screenshot(path=str(DOCS / "batch-rollout.png"), full_page=True, animations="disabled")
+    expect(page.get_by_test_id("panel-status-demo-2")).to_have_text("Queued")
+    page.screenshot(path=str(SHOTS / "batch-rollout.png"), full_page=True, animations="disabled")
     gate.touch()
     for name in VPS_NAMES:
         expect(page.get_by_test_id(f"panel-status-{name}")).to_have_attribute(
@@ -177,6 +187,7 @@ def test_a_target_waiting_for_its_agent_shows_the_time_left(session: Session) ->
         expect(page).to_have_url(BATCH_URL)
         waiting = page.get_by_test_id("panel-waiting-ghost-rollout")
         expect(waiting).to_contain_text("waiting for its agent")
+        expect(page.get_by_test_id("panel-status-ghost-rollout")).to_have_text("Waiting")
         expect(waiting).to_contain_text(re.compile(r"\d+ min \d+ s left"))
         expect(page.get_by_test_id("rollout-summary")).to_contain_text("1 waiting for their agent")
         page.get_by_test_id("terminate-all").click()

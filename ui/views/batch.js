@@ -149,7 +149,7 @@ class BatchView {
       let panel = this.panels.get(task.child_command_id);
       if (!panel) {
         panel = new TaskPanel(task, {
-          batchId: this.id, index: this.panels.size, caps, expanded,
+          batchId: this.id, index: this.panels.size, caps, expanded, queued: batch.max_concurrency != null,
           onTerminate: (p) => this.terminateOne(p),
           onToggle: (p) => this.toggle(p),
         });

@@ -319,7 +319,9 @@ export class TaskPanel {
     const e = this.els;
     const t = this.task;
     const info = childInfo(t.status);
-    setText(e.status, info.label);
+    // A PENDING child of a rollout waits for a slot, or for its agent.
+    const pending = t.status === "PENDING" ? (t.waiting_until ? "Waiting" : this.opts.queued ? "Queued" : null) : null;
+    setText(e.status, pending || info.label);
     if (e.status.dataset.status !== t.status) {
       e.status.dataset.status = t.status || "";
       e.status.className = `badge g-${info.group}`;
