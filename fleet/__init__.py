@@ -26,7 +26,8 @@ direction only; no import cycles):
 7. ``fleet.server.rpc`` (gRPC), ``fleet.server.http.common`` (what every route shares),
    ``fleet.server.http.auth``, ``fleet.server.http.csrf`` (cookie writes from this origin only)
 8. ``fleet.server.http.routes_ui``, ``fleet.server.http.routes_vps``,
-   ``fleet.server.http.routes_scripts``, ``fleet.server.http.routes_batches``
+   ``fleet.server.http.routes_scripts``, ``fleet.server.http.routes_batches``,
+   ``fleet.server.http.launch`` (creating a batch, or a re-run of one)
 9. ``fleet.server.http.app`` (the Quart-Trio app: middleware, error handlers)
 10. ``fleet.server.demo``, ``fleet.server.serve``
 11. ``fleet.server.cli``

@@ -97,6 +97,7 @@ LAYERS: list[list[str]] = [
         "fleet.server.http.routes_vps",
         "fleet.server.http.routes_scripts",
         "fleet.server.http.routes_batches",
+        "fleet.server.http.launch",
     ],
     ["fleet.server.http.app"],
     ["fleet.server.demo", "fleet.server.serve"],

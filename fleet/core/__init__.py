@@ -45,8 +45,10 @@ from ._output import OutputSummary as OutputSummary
 from ._output import StreamCursor as StreamCursor
 from ._params import ENV_PREFIX as ENV_PREFIX
 from ._params import MASK as MASK
+from ._params import MAX_PARAM_PATTERN as MAX_PARAM_PATTERN
 from ._params import MAX_PARAMETERS as MAX_PARAMETERS
 from ._params import MAX_VALUE_BYTES as MAX_VALUE_BYTES
+from ._params import PARAM_NAME_PATTERN as PARAM_NAME_PATTERN
 from ._params import ParamSpec as ParamSpec
 from ._params import check_parameters as check_parameters
 from ._params import mask_parameters as mask_parameters
@@ -65,6 +67,7 @@ from ._request import MAX_TAGS as MAX_TAGS
 from ._request import MAX_TARGETS as MAX_TARGETS
 from ._request import MAX_TIMEOUT_S as MAX_TIMEOUT_S
 from ._request import NAME_PATTERN as NAME_PATTERN
+from ._request import TAG_NONBLANK_PATTERN as TAG_NONBLANK_PATTERN
 from ._request import TAG_PATTERN as TAG_PATTERN
 from ._request import TEXT_PATTERN as TEXT_PATTERN
 from ._request import BatchRequest as BatchRequest
@@ -73,7 +76,10 @@ from ._request import parse_id as parse_id
 from ._request import validate_batch_request as validate_batch_request
 from ._request import validate_script_body as validate_script_body
 from ._request import validate_vps_body as validate_vps_body
+from ._rollout import CONCURRENCY_PERCENT_PATTERN as CONCURRENCY_PERCENT_PATTERN
 from ._rollout import ERROR_STATUSES as ERROR_STATUSES
+from ._rollout import ERRORS_PERCENT_PATTERN as ERRORS_PERCENT_PATTERN
+from ._rollout import MAX_LIMIT as MAX_LIMIT
 from ._rollout import MAX_WAIT_FOR_AGENT_S as MAX_WAIT_FOR_AGENT_S
 from ._rollout import Rollout as Rollout
 from ._rollout import parse_limit as parse_limit
@@ -87,7 +93,9 @@ from ._task import ChildTask as ChildTask
 __all__ = [
     "BATCH_TRANSITIONS",
     "CHILD_TRANSITIONS",
+    "CONCURRENCY_PERCENT_PATTERN",
     "ENV_PREFIX",
+    "ERRORS_PERCENT_PATTERN",
     "ERROR_STATUSES",
     "ID_PATTERN",
     "MASK",
@@ -95,8 +103,10 @@ __all__ = [
     "MAX_COMMAND_BYTES",
     "MAX_DESCRIPTION",
     "MAX_ID_DIGITS",
+    "MAX_LIMIT",
     "MAX_NAME",
     "MAX_PARAMETERS",
+    "MAX_PARAM_PATTERN",
     "MAX_PATH",
     "MAX_TAG",
     "MAX_TAGS",
@@ -105,7 +115,9 @@ __all__ = [
     "MAX_VALUE_BYTES",
     "MAX_WAIT_FOR_AGENT_S",
     "NAME_PATTERN",
+    "PARAM_NAME_PATTERN",
     "STREAMS",
+    "TAG_NONBLANK_PATTERN",
     "TAG_PATTERN",
     "TEXT_PATTERN",
     "Accepted",

@@ -20,7 +20,9 @@ __all__ = [
     "ENV_PREFIX",
     "MASK",
     "MAX_PARAMETERS",
+    "MAX_PARAM_PATTERN",
     "MAX_VALUE_BYTES",
+    "PARAM_NAME_PATTERN",
     "ParamSpec",
     "check_parameters",
     "mask_parameters",
@@ -29,12 +31,15 @@ __all__ = [
     "validate_values",
 ]
 
-NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+#: A parameter's name (the OpenAPI document states it; ``FLEET_PARAM_<name>`` is its variable).
+PARAM_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+NAME = re.compile(PARAM_NAME_PATTERN[1:-1])
 ENV_PREFIX = "FLEET_PARAM_"
 MASK = "***"
 MAX_VALUE_BYTES = 4096
 MAX_PARAMETERS = 100
 MAX_PATTERN = 1000
+MAX_PARAM_PATTERN = MAX_PATTERN
 MAX_DESCRIPTION = 2000
 _KEYS = frozenset({"name", "description", "required", "default", "pattern", "secret"})
 
@@ -120,7 +125,9 @@ def validate_declarations(value: object, errors: list[dict[str, Any]]) -> tuple[
         if name in seen:
             fail("declared twice")
         seen.add(name)
-        description = item.get("description") or ""
+        description = item.get("description")
+        if description is None:
+            description = ""
         if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
             fail(f"description: a string of at most {MAX_DESCRIPTION} characters")
             description = ""

@@ -30,6 +30,7 @@ __all__ = [
     "MAX_TARGETS",
     "MAX_TIMEOUT_S",
     "NAME_PATTERN",
+    "TAG_NONBLANK_PATTERN",
     "TAG_PATTERN",
     "TEXT_PATTERN",
     "BatchRequest",
@@ -62,6 +63,8 @@ _SPACE = "[\\s\\x1c-\\x1f]*"
 #: A tag as sent: 1 to 64 characters, none a space or a control character, plus surrounding
 #: spaces (trimmed); a blank tag is dropped.
 TAG_PATTERN = f"^{_SPACE}([^\\s{_CONTROLS}]{{1,{MAX_TAG}}}{_SPACE})?$"
+#: A tag that is not blank (``target_tags`` without ids needs one).
+TAG_NONBLANK_PATTERN = f"^{_SPACE}[^\\s{_CONTROLS}]{{1,{MAX_TAG}}}{_SPACE}$"
 #: Text that must not be blank (a command, a script): no NUL, one character that is no space.
 TEXT_PATTERN = "^[^\\x00]*[^\\s\\x00-\\x1f][^\\x00]*$"
 
@@ -268,11 +271,10 @@ def _tags(value: object, fail: Any) -> tuple[str, ...]:
     if len(value) > MAX_TAGS:
         fail("target_tags", f"at most {MAX_TAGS} tags")
         return ()
-    tags = tuple(dict.fromkeys(t.strip() for t in value if t.strip()))
-    if any(len(t) > MAX_TAG or not t.isprintable() for t in tags):
-        fail("target_tags", f"tags are up to {MAX_TAG} printable characters")
+    if any(not re.fullmatch(TAG_PATTERN, t) or not _is_unicode(t) for t in value):
+        fail("target_tags", f"tags are 1 to {MAX_TAG} characters, no spaces or controls")
         return ()
-    return tags
+    return tuple(dict.fromkeys(t.strip() for t in value if t.strip()))
 
 
 def _targets(value: object, fail: Any, *, required: bool = True) -> tuple[int, ...]:

@@ -37,7 +37,10 @@ from dataclasses import dataclass
 from ._status import ChildStatus
 
 __all__ = [
+    "CONCURRENCY_PERCENT_PATTERN",
+    "ERRORS_PERCENT_PATTERN",
     "ERROR_STATUSES",
+    "MAX_LIMIT",
     "MAX_WAIT_FOR_AGENT_S",
     "Rollout",
     "parse_limit",
@@ -50,7 +53,12 @@ ERROR_STATUSES = frozenset(s for s in ChildStatus if s.is_terminal) - {S.SUCCESS
 #: Children that hold a concurrency slot (besides those whose ``SendCommand`` is outstanding).
 _HOLDING = (S.SENT_TO_AGENT, S.AGENT_ACCEPTED, S.EXECUTING, S.TERMINATING)
 MAX_WAIT_FOR_AGENT_S = 7 * 24 * 3600
+MAX_LIMIT = 10**9
 _PERCENT = re.compile(r"([0-9]{1,6})%")
+#: The percentages a request may give, exactly (the OpenAPI document states these): 1%-100% for
+#: ``max_concurrency``, 0%-100% for ``max_errors``; no spaces, no leading zeros.
+CONCURRENCY_PERCENT_PATTERN = "^(100|[1-9][0-9]?)%$"
+ERRORS_PERCENT_PATTERN = "^(100|[1-9]?[0-9])%$"
 
 Limit = int | str  # a count, or "N%" of the target count
 
@@ -65,18 +73,19 @@ def parse_limit(value: object, *, minimum: int) -> Limit:
     if isinstance(value, bool):
         raise ValueError(f'must be an integer >= {minimum} or a percentage like "10%"')
     if isinstance(value, int):
-        if value < minimum or value > 10**9:
-            raise ValueError(f"must be at least {minimum} (and at most 1000000000)")
+        if value < minimum or value > MAX_LIMIT:
+            raise ValueError(f"must be at least {minimum} (and at most {MAX_LIMIT})")
         return value
     if isinstance(value, str):
-        match = _PERCENT.fullmatch(value.strip())
-        low = minimum
+        match = _PERCENT.fullmatch(value)
         if match is None:
             raise ValueError(f'must be an integer >= {minimum} or a percentage like "10%"')
         percent = int(match.group(1))
-        if not low <= percent <= 100:
-            raise ValueError(f"a percentage must be between {low}% and 100%")
-        return f"{percent}%"
+        if not minimum <= percent <= 100:
+            raise ValueError(f"a percentage must be between {minimum}% and 100%")
+        if value != f"{percent}%":
+            raise ValueError(f'write the percentage without leading zeros, like "{percent}%"')
+        return value
     raise ValueError(f'must be an integer >= {minimum} or a percentage like "10%"')
 
 

@@ -204,7 +204,8 @@ def test_tags_alone_are_enough_targets() -> None:
         ({"target_tags": "web"}, "target_tags", "list of tags"),
         ({"target_tags": [1]}, "target_tags", "list of tags"),
         ({"target_tags": ["t"] * 33}, "target_tags", "at most 32"),
-        ({"target_tags": ["x" * 65]}, "target_tags", "printable"),
+        ({"target_tags": ["x" * 65]}, "target_tags", "1 to 64 characters"),
+        ({"target_tags": ["a b"]}, "target_tags", "no spaces"),
     ],
 )
 def test_bad_rollout_fields(extra: dict[str, Any], field: str, reason: str) -> None:

@@ -123,7 +123,7 @@ def running(batch: Batch) -> int:
 
 @pytest.mark.parametrize(
     ("value", "minimum", "expected"),
-    [(1, 1, 1), (0, 0, 0), ("10%", 1, "10%"), (" 100% ", 1, "100%"), ("0%", 0, "0%")],
+    [(1, 1, 1), (0, 0, 0), ("10%", 1, "10%"), ("100%", 1, "100%"), ("0%", 0, "0%")],
 )
 def test_limits_parse(value: object, minimum: int, expected: object) -> None:
     assert parse_limit(value, minimum=minimum) == expected
@@ -140,6 +140,8 @@ def test_limits_parse(value: object, minimum: int, expected: object) -> None:
         ("101%", 0, "between 0% and 100%"),
         ("1000%", 0, "between"),
         ("ten%", 0, "percentage"),
+        (" 10%", 0, "percentage"),
+        ("010%", 0, 'without leading zeros, like "10%"'),
         ("5", 0, "percentage"),
         ("-5%", 0, "percentage"),
         (1.5, 0, "integer"),

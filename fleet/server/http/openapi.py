@@ -181,9 +181,38 @@ def _script_section() -> Section:
                 "name": {"type": "string"},
                 "description": {"type": "string"},
                 "content": {"type": "string"},
+                "parameters": {"type": "array", "items": ref("ScriptParameter")},
                 "created_at": TS,
                 "updated_at": TS,
             },
+        },
+        "ScriptParameter": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "pattern": core.PARAM_NAME_PATTERN},
+                "description": {"type": ["string", "null"], "maxLength": core.MAX_DESCRIPTION},
+                "required": {"type": ["boolean", "null"]},
+                "default": {
+                    "type": ["string", "null"],
+                    "maxLength": core.MAX_VALUE_BYTES,
+                    "pattern": "^[^\\x00]*$",
+                    "description": "used when the batch gives no value (never on a secret)",
+                },
+                "pattern": {
+                    "type": ["string", "null"],
+                    "maxLength": core.MAX_PARAM_PATTERN,
+                    "description": "a regular expression the whole value must match (checked "
+                    "when the script is saved)",
+                },
+                "secret": {
+                    "type": ["boolean", "null"],
+                    "description": "masked everywhere, never stored; a re-run asks for it again",
+                },
+            },
+            "additionalProperties": False,
+            "if": {"required": ["secret"], "properties": {"secret": {"const": True}}},
+            "then": {"properties": {"default": {"type": "null"}}},
         },
         "ScriptBody": {
             "type": "object",
@@ -197,6 +226,12 @@ def _script_section() -> Section:
                     "description": f"at most {core.MAX_COMMAND_BYTES} bytes of UTF-8",
                 },
                 "id": {"description": "ignored: a script as GET shows it may be sent back"},
+                "parameters": {
+                    "type": ["array", "null"],
+                    "maxItems": core.MAX_PARAMETERS,
+                    "items": ref("ScriptParameter"),
+                    "description": "declared parameters; a PUT without them keeps the old ones",
+                },
             },
             "additionalProperties": False,
         },

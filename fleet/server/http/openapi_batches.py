@@ -14,6 +14,7 @@ from fleet.core import BatchStatus, ChildStatus
 from .openapi_parts import (
     BODY_ID,
     COMMAND_ID,
+    PARAMETERS,
     TS,
     Schema,
     Section,
@@ -42,18 +43,18 @@ def _batch_create() -> Schema:
     script_id["pattern"] = f"^$|{core.ID_PATTERN}"
     return {
         "type": "object",
-        "required": ["target_vps_ids"],
-        "description": "Exactly one of command_content and script_id.",
+        "description": "Exactly one of command_content and script_id; targets from "
+        "target_vps_ids and/or target_tags (their union, resolved when the batch is created).",
         "properties": {
             "command_content": command,
             "script_id": script_id,
             "working_directory": optional_text(core.MAX_PATH),
             "target_vps_ids": {
-                "type": "array",
-                "minItems": 1,
+                "type": ["array", "null"],
                 "maxItems": core.MAX_TARGETS,
                 "items": BODY_ID,
             },
+            **_rollout_options(),
             "execution_alias": optional_text(core.MAX_ALIAS),
             "timeout_seconds": {
                 "type": ["integer", "null"],
@@ -63,16 +64,93 @@ def _batch_create() -> Schema:
             },
         },
         "additionalProperties": False,
-        "oneOf": [
+        "allOf": [
             {
-                "required": ["command_content"],
-                "properties": {"command_content": {"type": "string", "minLength": 1}},
+                "oneOf": [
+                    {
+                        "required": ["command_content"],
+                        "properties": {"command_content": {"type": "string", "minLength": 1}},
+                    },
+                    {
+                        "required": ["script_id"],
+                        "properties": {"script_id": {"not": {"enum": _ABSENT}}},
+                    },
+                ]
             },
             {
-                "required": ["script_id"],
-                "properties": {"script_id": {"not": {"enum": _ABSENT}}},
+                "anyOf": [
+                    {
+                        "required": ["target_vps_ids"],
+                        "properties": {"target_vps_ids": {"type": "array", "minItems": 1}},
+                    },
+                    {
+                        "required": ["target_tags"],
+                        "properties": {
+                            "target_tags": {
+                                "type": "array",
+                                "contains": {"pattern": core.TAG_NONBLANK_PATTERN},
+                            }
+                        },
+                    },
+                ]
             },
         ],
+    }
+
+
+def _limit(minimum: int, percent: str, what: str) -> Schema:
+    return {
+        "oneOf": [
+            {"type": "null"},
+            {"type": "integer", "minimum": minimum, "maximum": core.MAX_LIMIT},
+            {"type": "string", "pattern": percent},
+        ],
+        "description": what,
+    }
+
+
+def _rollout_options() -> Schema:
+    """The rollout options of ``BatchCreate`` (checked by ``core.parse_limit`` and friends)."""
+    return {
+        "max_concurrency": _limit(
+            1,
+            core.CONCURRENCY_PERCENT_PATTERN,
+            'at most this many children dispatched and not yet finished at once: N >= 1 or "N%"'
+            " of the targets (at least 1); null: all at once",
+        ),
+        "max_errors": _limit(
+            0,
+            core.ERRORS_PERCENT_PATTERN,
+            "once more children than this ended in error, the rest are SKIPPED: N >= 0 or "
+            '"N%"; null: no limit',
+        ),
+        "wait_for_agent_seconds": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "maximum": core.MAX_WAIT_FOR_AGENT_S,
+            "description": "how long a target whose agent is offline at its turn waits for it",
+        },
+        "target_tags": {
+            "type": ["array", "null"],
+            "maxItems": core.MAX_TAGS,
+            "items": {"type": "string", "pattern": core.TAG_PATTERN},
+            "description": "every VPS having any of these tags is a target too",
+        },
+        "parameters": PARAMETERS,
+    }
+
+
+def _rerun() -> Schema:
+    return {
+        "type": ["object", "null"],
+        "properties": {
+            "only": {"type": ["string", "null"], "enum": ["not_succeeded", "all", None]},
+            "parameters": {
+                **PARAMETERS,
+                "description": "the values of the batch's secret parameters (never kept)",
+            },
+        },
+        "additionalProperties": False,
     }
 
 
@@ -82,8 +160,23 @@ def _schemas() -> dict[str, Schema]:
     text_or_null = {"type": ["string", "null"]}
     lines = {"type": "array", "items": {"type": "string"}}
     counts = {"type": "object", "additionalProperties": {"type": "integer"}}
+    limit = {"type": ["integer", "string", "null"]}
+    rollout_facts = {
+        "max_concurrency": limit,
+        "max_errors": limit,
+        "wait_for_agent_seconds": {"type": "integer"},
+        "stop_reason": {
+            "type": ["string", "null"],
+            "description": "why dispatching stopped (error threshold, terminate), or null",
+        },
+        "queued": {"type": "integer", "description": "PENDING children waiting for a slot"},
+        "waiting_for_agent": {"type": "integer"},
+        "skipped": {"type": "integer"},
+        "rerun_of": {"type": ["string", "null"]},
+    }
     return {
         "BatchCreate": _batch_create(),
+        "BatchRerun": _rerun(),
         "BatchAccepted": {
             "type": "object",
             "required": ["batch_command_id", "status", "message"],
@@ -91,6 +184,7 @@ def _schemas() -> dict[str, Schema]:
                 "batch_command_id": {"type": "string"},
                 "status": {"type": "string", "enum": ["PENDING"]},
                 "message": {"type": "string"},
+                "rerun_of": {"type": "string"},
             },
         },
         "ChildTask": {
@@ -113,6 +207,10 @@ def _schemas() -> dict[str, Schema]:
                 "stdout_bytes": {"type": "integer"},
                 "stderr_bytes": {"type": "integer"},
                 "truncated": {"type": "boolean"},
+                "waiting_until": {
+                    **TS,
+                    "description": "a PENDING child waiting for its agent: until when",
+                },
                 "agent_reported": {
                     "description": "a result the agent reported after the server ended the "
                     "child (its status stays)",
@@ -147,6 +245,10 @@ def _schemas() -> dict[str, Schema]:
                 "updated_at": TS,
                 "completed_at": TS,
                 "counts": counts,
+                **rollout_facts,
+                "target_tags": {"type": "array", "items": {"type": "string"}},
+                "parameters": {"type": "object", "additionalProperties": {"type": "string"}},
+                "created_by": {"type": "string"},
                 "tasks": {"type": "array", "items": ref("ChildTask")},
             },
         },
@@ -164,6 +266,7 @@ def _schemas() -> dict[str, Schema]:
                 "completed_at": TS,
                 "target_count": {"type": "integer"},
                 "counts": counts,
+                **rollout_facts,
             },
         },
         "BatchPage": {
@@ -220,6 +323,24 @@ def section() -> Section:
             "get": op(
                 "A batch and its tasks", {"200": json_content(ref("Batch"))}, params=[batch_id]
             )
+        },
+        "/api/batch_commands/{batch_id}/rerun": {
+            "post": {
+                **op(
+                    "Run a finished batch again on the VPSes of the children that did not "
+                    "succeed (only: all: every one); secret parameters must be given again",
+                    {
+                        "202": json_content(ref("BatchAccepted"), "Accepted"),
+                        "409": json_content(ref("Error"), "The batch is still running"),
+                    },
+                    params=[batch_id],
+                    write=True,
+                ),
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": ref("BatchRerun")}},
+                },
+            }
         },
         "/api/batch_commands/{batch_id}/terminate": {
             "post": op(

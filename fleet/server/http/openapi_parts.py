@@ -18,6 +18,7 @@ __all__ = [
     "NAME",
     "NO_BODY",
     "NUMERIC_ID",
+    "PARAMETERS",
     "TS",
     "Schema",
     "Section",
@@ -118,6 +119,20 @@ BODY_ID = {
     "pattern": core.ID_PATTERN,
 }
 NAME = {"type": "string", "maxLength": core.MAX_NAME, "pattern": core.NAME_PATTERN}
+#: Script parameters given to a batch: name → value, reaching the command only as the
+#: environment variable ``FLEET_PARAM_<name>`` (a value is at most 4,096 bytes of UTF-8).
+PARAMETERS = {
+    "type": ["object", "null"],
+    "maxProperties": core.MAX_PARAMETERS,
+    "propertyNames": {"pattern": core.PARAM_NAME_PATTERN},
+    "additionalProperties": {
+        "type": "string",
+        "maxLength": core.MAX_VALUE_BYTES,
+        "pattern": "^[^\\x00]*$",
+    },
+    "description": "name → value; the command gets FLEET_PARAM_<name>; secret values are shown "
+    'as "***" and never stored',
+}
 NO_BODY = {"204": {"description": "Done"}}
 
 
