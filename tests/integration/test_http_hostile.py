@@ -452,3 +452,20 @@ async def test_a_body_over_4_mib_is_413(client: httpx.AsyncClient) -> None:
         assert response.headers["connection"] == "close"
         assert response.json()["error"]
         assert (await client.get("/api/vps")).status_code == 200
+
+
+async def test_text_limits_are_bytes_of_utf8_and_the_schema_bounds_them(
+    client: httpx.AsyncClient,
+) -> None:
+    """The schema's maxLength counts characters; the server's limit is UTF-8 bytes (the same
+    number): what is over in characters is over in bytes, refused by both."""
+    doc = (await client.get("/api/openapi.json")).json()
+    content = doc["components"]["schemas"]["ScriptBody"]["properties"]["content"]
+    with trio.fail_after(20):
+        limit = content["maxLength"]
+        over = {"name": "big", "content": "x" * (limit + 1)}
+        assert (await client.post("/api/scripts", json=over)).status_code == 422
+        wide = {"name": "wide", "content": "é" * (limit // 2 + 1)}  # within maxLength, > bytes
+        refused = await client.post("/api/scripts", json=wide)
+        assert refused.status_code == 422
+        assert "bytes" in refused.text

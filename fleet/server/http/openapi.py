@@ -222,6 +222,7 @@ def _script_section() -> Section:
                 "description": {"type": ["string", "null"], "maxLength": core.MAX_DESCRIPTION},
                 "content": {
                     "type": "string",
+                    "maxLength": core.MAX_COMMAND_BYTES,
                     "pattern": core.TEXT_PATTERN,
                     "description": f"at most {core.MAX_COMMAND_BYTES} bytes of UTF-8",
                 },

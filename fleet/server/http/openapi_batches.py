@@ -34,6 +34,7 @@ _ABSENT = [None, ""]
 def _batch_create() -> Schema:
     command = {
         "type": ["string", "null"],
+        "maxLength": core.MAX_COMMAND_BYTES,
         "pattern": f"^$|{core.TEXT_PATTERN}",
         "description": f"a shell command: not blank, no NUL, at most "
         f"{core.MAX_COMMAND_BYTES} bytes of UTF-8",
