@@ -82,6 +82,11 @@ def test_rollout_fields_queue_and_screenshots(session: Session, tmp_path: pathli
     )
     expect(page.get_by_test_id("rerun-not-succeeded")).to_be_hidden()
     expect(page.get_by_test_id("stop-reason")).to_be_hidden()
+    # "Run again" brings the rollout options back to the form.
+    page.get_by_test_id("run-again").click()
+    expect(page.get_by_test_id("max-concurrency-input")).to_have_value("1")
+    expect(page.get_by_test_id("max-errors-input")).to_have_value("0")
+    expect(page.get_by_test_id("wait-for-agent-input")).to_have_value("60")
 
 
 def test_bad_rollout_values_are_explained_before_sending(session: Session) -> None:

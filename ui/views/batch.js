@@ -540,6 +540,9 @@ class BatchView {
       alias: b.execution_alias || "",
       timeout: b.timeout_seconds ? String(b.timeout_seconds) : "",
       selected: this.order.map((p) => p.task.vps_id),
+      maxConcurrency: b.max_concurrency != null ? String(b.max_concurrency) : "",
+      maxErrors: b.max_errors != null ? String(b.max_errors) : "",
+      waitForAgent: b.wait_for_agent_seconds ? String(b.wait_for_agent_seconds) : "",
     });
     this.ctx.navigate("#/run");
   }
