@@ -17,6 +17,7 @@ from fleet.core import (
     param_environment,
     validate_batch_request,
     validate_script_body,
+    validate_vps_body,
 )
 
 SCRIPT = {"name": "deploy", "content": "echo $FLEET_PARAM_VERSION"}
@@ -245,3 +246,11 @@ def test_any_rollout_input_is_accepted_or_refused_by_name(extra: dict[str, Any])
         return
     assert req.wait_for_agent_seconds >= 0
     assert req.max_concurrency is None or req.max_concurrency != 0
+
+
+def test_names_with_lone_surrogates_are_refused() -> None:
+    """A JSON ``\\ud800`` escape decodes to text that UTF-8 cannot carry: a named 422."""
+    with pytest.raises(ValidationError, match="Unicode"):
+        validate_script_body({"name": "\ud800", "content": "true"})
+    with pytest.raises(ValidationError, match="Unicode"):
+        validate_vps_body({"name": "\ud800"})
