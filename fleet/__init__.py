@@ -24,7 +24,8 @@ direction only; no import cycles):
 5. ``fleet.server.batchrun``
 6. ``fleet.server.supervisor``
 7. ``fleet.server.rpc`` (gRPC), ``fleet.server.http.common`` (what every route shares),
-   ``fleet.server.http.auth``, ``fleet.server.http.csrf`` (cookie writes from this origin only)
+   ``fleet.server.http.auth``, ``fleet.server.http.csrf`` (cookie writes from this origin only),
+   ``fleet.server.cluster`` (several servers on one PostgreSQL: presence, routing, adoption)
 8. ``fleet.server.http.routes_ui``, ``fleet.server.http.routes_vps``,
    ``fleet.server.http.routes_scripts``, ``fleet.server.http.routes_batches``,
    ``fleet.server.http.launch`` (creating a batch, or a re-run of one)

@@ -91,6 +91,7 @@ LAYERS: list[list[str]] = [
         "fleet.server.http.common",
         "fleet.server.http.auth",
         "fleet.server.http.csrf",
+        "fleet.server.cluster",
     ],
     [
         "fleet.server.http.routes_ui",

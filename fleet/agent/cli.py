@@ -52,7 +52,11 @@ def _parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,  # only flags actually given override env/defaults
     )
     add = parser.add_argument
-    add("--server", metavar="HOST:PORT", help="server gRPC address [FLEET_AGENT_SERVER]")
+    add(
+        "--server",
+        metavar="HOST:PORT[,HOST:PORT…]",
+        help="server gRPC address; a cluster: several, tried in turn [FLEET_AGENT_SERVER]",
+    )
     add("--vps-id", metavar="N", help="this VPS's id on the server [FLEET_AGENT_VPS_ID]")
     add("--secret", help="agent secret (prefer --secret-file) [FLEET_AGENT_SECRET]")
     add(

@@ -122,7 +122,8 @@ class AgentConfig:
     :meth:`for_test` shortens the timeouts.
     """
 
-    #: ``HOST:PORT`` of the server's gRPC listener.
+    #: ``HOST:PORT`` of the server's gRPC listener, or several, comma-separated (the servers of
+    #: one cluster): the agent connects to one and moves on to the next when it fails.
     server: str
     #: This VPS's id in the server's database (``vps_db_id`` on the wire).
     vps_id: int
@@ -167,7 +168,12 @@ class AgentConfig:
     metrics: str | None = None
 
     def __post_init__(self) -> None:
-        parse_server_address(self.server)
+        if not isinstance(self.server, str):
+            raise ConfigError(f"server must be HOST:PORT, got {self.server!r}")
+        for address in self.server.split(","):
+            parse_server_address(address)
+        if len(self.servers) > 64:
+            raise ConfigError("at most 64 servers")
         if isinstance(self.vps_id, bool) or not isinstance(self.vps_id, int):
             raise ConfigError(f"vps id must be an integer, got {self.vps_id!r}")
         if not 1 <= self.vps_id <= _INT32_MAX:
@@ -216,14 +222,19 @@ class AgentConfig:
             raise ConfigError(f"state dir must be an absolute path, got {str(self.state_dir)!r}")
 
     @property
+    def servers(self) -> list[str]:
+        """Every server address, in the order they are tried."""
+        return [address.strip() for address in self.server.split(",")]
+
+    @property
     def host(self) -> str:
-        """The HOST part of ``server`` (also the TLS server name)."""
-        return parse_server_address(self.server)[0]
+        """The HOST part of the first server (also the TLS server name)."""
+        return parse_server_address(self.servers[0])[0]
 
     @property
     def port(self) -> int:
-        """The PORT part of ``server``."""
-        return parse_server_address(self.server)[1]
+        """The PORT part of the first server."""
+        return parse_server_address(self.servers[0])[1]
 
     @property
     def metrics_endpoint(self) -> tuple[str, int] | None:

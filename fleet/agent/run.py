@@ -149,21 +149,30 @@ class _Agent:
     async def connect_forever(self, *, task_status: trio.TaskStatus[bool]) -> None:
         """Connect, serve the session, and reconnect after every failure, forever.
 
+        With several servers (``--server a:1,b:2``) a failed one is followed at once by the
+        next; the backoff delay comes after a full round of failures.
         ``started(connected)`` after the first attempt (see :func:`run_agent`).
         """
         config = self._config
+        targets = (
+            [config]
+            if len(config.servers) == 1
+            else [config.replace(server=address) for address in config.servers]
+        )
         backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s, self._random)
         reported = False
+        index = failed = 0
         while True:
+            target = targets[index]
             connected = False
             try:
                 self._handshake.open_command_ids = self._outbox.open_ids()
                 self._handshake.open_command_ids_complete = self._journal.complete
-                async with open_link(config, self._handshake, self._message_ids) as link:
+                async with open_link(target, self._handshake, self._message_ids) as link:
                     connected = True
                     self._stats.link_up()
                     backoff.reset()
-                    logger.info("vps=%d connected to %s", config.vps_id, config.server)
+                    logger.info("vps=%d connected to %s", config.vps_id, target.server)
                     if not reported:
                         task_status.started(True)
                         reported = True
@@ -175,12 +184,17 @@ class _Agent:
                     logger.warning("vps=%d link lost: %s", config.vps_id, error)
                 else:
                     logger.warning(
-                        "vps=%d cannot connect to %s: %s", config.vps_id, config.server, error
+                        "vps=%d cannot connect to %s: %s", config.vps_id, target.server, error
                     )
             self._stats.link_down()
             if not reported:
                 task_status.started(False)
                 reported = True
+            failed = 1 if connected else failed + 1
+            index = (index + 1) % len(targets)
+            if failed < len(targets):
+                continue  # the next server, at once
+            failed = 0
             delay = backoff.next_delay()
             logger.info("vps=%d reconnecting in %.1f s", config.vps_id, delay)
             await trio.sleep(delay)

@@ -9,6 +9,7 @@ thing to store (as for API tokens); digests are compared with ``hmac.compare_dig
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import hmac
@@ -133,6 +134,14 @@ class Credentials:
 
     def set(self, vps_id: int, digest: str) -> None:
         self._digests[vps_id] = digest
+
+    def reset(self, digests: Iterable[tuple[int, str]]) -> builtins.set[int]:
+        """Take the store's digests (another server changed them); the VPS ids whose secret
+        changed or that are gone."""
+        fresh = dict(digests)
+        changed = {v for v, d in self._digests.items() if fresh.get(v) != d}
+        self._digests = fresh
+        return changed
 
     def remove(self, vps_id: int) -> None:
         self._digests.pop(vps_id, None)

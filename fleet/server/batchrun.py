@@ -103,6 +103,9 @@ class RunDeps:
     output_cap: int
     summary_lines: int = 20
     metrics: ServerMetrics = dataclasses.field(default_factory=ServerMetrics)
+    #: Also given every output byte stored, ``(child_id, stream, offset, data)`` (a cluster
+    #: keeps output in its database).
+    chunks: Callable[[str, str, int, bytes], None] | None = None
 
 
 class BatchRun:
@@ -168,6 +171,8 @@ class BatchRun:
         self._done = {c.id: trio.Event() for c in record.children}
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
+        #: Set once ``run`` has started (or resumed) the batch: it takes agent events from then.
+        self.started = trio.Event()
 
     # --- the batch's tasks -------------------------------------------------------------------
 
@@ -191,6 +196,7 @@ class BatchRun:
                 )
             else:
                 self._apply(self.batch.start(now=now))
+            self.started.set()
             nursery.start_soon(self._deadlines)
         self.output.close_all()
         logger.info("batch=%s finished: %s", self.id, self.batch.status.value)
@@ -416,6 +422,8 @@ class BatchRun:
             self._handle(core.OutputSeen(child_id))
         if written is None:
             return
+        if self._deps.chunks is not None:
+            self._deps.chunks(child_id, stream, written.offset, written.data)
         if task.is_terminal:
             self.output.close(child_id)
         if not self._deps.feed.has_subscribers(self.id):

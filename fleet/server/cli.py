@@ -43,7 +43,19 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "log_format": ("FLEET_LOG_FORMAT", str),
     "demo": ("FLEET_DEMO", int),
     "metrics": ("FLEET_METRICS", str),
+    "cluster": ("FLEET_CLUSTER", lambda v: _flag(v, "FLEET_CLUSTER")),
+    "node_name": ("FLEET_NODE_NAME", str),
+    "node_lease_s": ("FLEET_NODE_LEASE", float),
 }
+
+
+def _flag(value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}: expected 1/0, true/false, yes/no or on/off")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,6 +118,24 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics",
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT: 127.0.0.1; off)",
+    )
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="join the cluster of servers sharing --db postgres://… (see README: Run a cluster)",
+    )
+    p.add_argument(
+        "--node-name",
+        dest="node_name",
+        metavar="NAME",
+        help="this server's name in the cluster (host name plus gRPC port)",
+    )
+    p.add_argument(
+        "--node-lease",
+        dest="node_lease_s",
+        type=float,
+        metavar="S",
+        help="a node silent this long is dead and its batches are adopted (10; 1-15)",
     )
     p.add_argument("--version", action="version", version=f"fleet {fleet.__version__}")
     return p

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -42,6 +43,9 @@ def _is_origin_url(url: str) -> bool:
         and not parts.query
         and not parts.fragment
     )
+
+
+_NODE_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def _is_loopback(host: str) -> bool:
@@ -91,6 +95,12 @@ class ServerConfig:
     demo: int = 0
     #: ``HOST:PORT`` (or a bare ``PORT``, on 127.0.0.1) of the Prometheus endpoint; off if None.
     metrics: str | None = None
+    #: Join the cluster of servers on the same PostgreSQL database (``fleet.server.cluster``).
+    cluster: bool = False
+    #: This server's name in the cluster (default: the host name plus the gRPC port).
+    node_name: str | None = None
+    #: How long a node's lease lasts without renewal; then a live node adopts its batches.
+    node_lease_s: float = 10.0
 
     def __post_init__(self) -> None:
         self.http_endpoint  # noqa: B018 - validates
@@ -137,6 +147,16 @@ class ServerConfig:
             raise ConfigError(
                 f"--db: expected postgres://… or sqlite:PATH, got {self.db_url.split(':')[0]!r}"
             )
+        if self.cluster and not (self.db_url or "").startswith(("postgres://", "postgresql://")):
+            raise ConfigError("--cluster needs --db postgres://… (the cluster's shared database)")
+        if self.node_name is not None and not _NODE_NAME.fullmatch(self.node_name):
+            raise ConfigError(
+                "--node-name: 1-64 characters of letters, digits, '.', '_', ':' or '-',"
+                f" got {self.node_name!r}"
+            )
+        lease = self.node_lease_s
+        if not isinstance(lease, int | float) or not 1.0 <= lease <= 15.0:
+            raise ConfigError(f"--node-lease: between 1 and 15 seconds, got {lease!r}")
 
     @property
     def http_endpoint(self) -> tuple[str, int]:

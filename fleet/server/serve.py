@@ -6,6 +6,7 @@ Task tree::
      ├─ open_db_thread                     the one DB thread (Pony)
      ├─ WriteBack.run                      batched store writes
      ├─ Supervisor.run                     the batch nursery: one nursery per batch
+     ├─ cluster.ClusterNode.run            with --cluster: lease, adoption, cross-node routing
      ├─ rpc.serve                          the asyncio island (grpclib) for agent streams
      ├─ hypercorn.trio.serve               Quart-Trio: REST, feed, UI
      ├─ metrics.serve_metrics              with --metrics: Prometheus endpoint (Hypercorn)
@@ -30,6 +31,7 @@ from . import rpc
 from .agents import AgentRegistry, Credentials, hash_secret, new_secret
 from .batchrun import RunDeps
 from .clock import WallClock
+from .cluster import ClusterFeed, ClusterHooks, ClusterNode
 from .config import ServerConfig
 from .datadir import DataDirLock, lock_data_dir
 from .dbthread import DbThread, open_db_thread
@@ -139,7 +141,8 @@ async def _serve(
     async with open_db_thread(config.db_url, data_dir) as db:
         token = await _admin_token(db, data_dir)
         credentials = Credentials(await db.run(Store.vps_secret_hashes))
-        registry = AgentRegistry()
+        cluster = ClusterNode(config) if config.cluster else None
+        registry = cluster.registry if cluster is not None else AgentRegistry()
         hub = FeedHub()
         health = StoreHealth()
         writeback = WriteBack(
@@ -148,7 +151,7 @@ async def _serve(
         deps = RunDeps(
             agents=registry,
             recorder=writeback,
-            feed=hub,
+            feed=hub if cluster is None else ClusterFeed(hub, cluster.bus),
             clock=WallClock(),
             timers=core.BatchTimers(
                 reconnect_grace_s=config.reconnect_grace_s,
@@ -158,6 +161,7 @@ async def _serve(
             output_cap=config.output_cap_bytes,
             summary_lines=config.summary_lines,
             metrics=metrics,
+            chunks=None if cluster is None else cluster.chunk,
         )
         supervisor = Supervisor(deps)
         refusals = RefusedHandshakes()
@@ -182,19 +186,26 @@ async def _serve(
             hub=hub,
             token_hashes=set(await db.run(Store.token_hashes)),
             health=health,
+            cluster=cluster,
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(writeback.run)
             if config.db_url is None:
                 nursery.start_soon(watch_store_file, data_dir / "fleet.db", health)
             await nursery.start(supervisor.run)
-            await _resume(db, supervisor)
+            hooks: rpc.AgentHooks = supervisor
+            if cluster is None:
+                await _resume(db, supervisor)
+            else:
+                cluster.attach(supervisor, db, hub, writeback, credentials)
+                await nursery.start(cluster.run)
+                hooks = ClusterHooks(supervisor, cluster)
             grpc_port = await nursery.start(
                 functools.partial(rpc.serve, refusals=refusals),
                 config,
                 credentials,
                 registry,
-                supervisor,
+                hooks,
             )
             grpc_host, _ = config.grpc_endpoint
             services.grpc_address = f"{_url_host(grpc_host)}:{grpc_port}"

@@ -117,6 +117,10 @@ class Supervisor:
         """A batch the store may not show up to date yet (running, or final but not flushed)."""
         return self._runs.get(batch_id)
 
+    def routes(self, command_id: str) -> bool:
+        """Whether reports on ``command_id`` reach a batch here (running or retained)."""
+        return command_id in self._owner
+
     def running(self) -> list[BatchRun]:
         return list(self._runs.values())
 

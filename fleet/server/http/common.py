@@ -15,6 +15,7 @@ from quart import Response, request, websocket
 
 from fleet import core
 from fleet.server.agents import AgentRegistry, Credentials
+from fleet.server.cluster import ClusterNode
 from fleet.server.config import ServerConfig
 from fleet.server.dbthread import DbThread
 from fleet.server.health import StoreHealth
@@ -60,6 +61,8 @@ class Services:
     token_hashes: set[str] = field(default_factory=set)
     grpc_address: str = ""
     health: StoreHealth = field(default_factory=StoreHealth)
+    #: This node's cluster membership (``--cluster``), else None.
+    cluster: ClusterNode | None = None
 
 
 def error_response(status: int, code: str, detail: Any) -> Response:

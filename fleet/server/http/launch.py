@@ -61,6 +61,7 @@ async def launch(services: Services, new: Launch) -> BatchRecord:
         log_dir=services.config.data_dir / "logs",
         now=datetime.now(UTC),
         options=new.options,
+        owner_node=None if services.cluster is None else services.cluster.name,
     )
     services.supervisor.submit(record, secrets=new.secrets)
     logger.info(

@@ -106,6 +106,8 @@ def register(app: QuartTrio, services: Services) -> None:
             status = run.batch.status
         else:
             status = (await db.run(Store.get_batch, batch_id)).status
+            if services.cluster is not None and not status.is_terminal:
+                await services.cluster.request_terminate(batch_id, None)  # another node runs it
         return json_response({"batch_command_id": batch_id, "overall_status": status.value}, 202)
 
     @app.post("/api/batch_commands/<batch_id>/tasks/<child_id>/terminate")
@@ -120,6 +122,8 @@ def register(app: QuartTrio, services: Services) -> None:
             raise core.NotFound("task", child_id)
         else:
             status = (await db.run(Store.get_child, batch_id, child_id)).status
+            if services.cluster is not None and not status.is_terminal:
+                await services.cluster.request_terminate(batch_id, child_id)
         return json_response({"child_command_id": child_id, "status": status.value}, 202)
 
     @app.get("/api/batch_commands/<batch_id>/tasks/<child_id>/output")
@@ -132,6 +136,11 @@ def register(app: QuartTrio, services: Services) -> None:
         child = await db.run(Store.get_child, batch_id, child_id)
         path = child.stdout_log_path if stream == "stdout" else child.stderr_log_path
         name = f"{child.vps_name}-{child_id[:8]}.{stream}.log"
+        if services.cluster is not None:  # any node serves it: the database has the bytes
+            data = await services.cluster.output(child_id, stream)
+            response = Response(data, status=200, content_type="application/octet-stream")
+            response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+            return response
         if path is None or not await trio.Path(path).exists():
             response = Response(b"", status=200, content_type="application/octet-stream")
             response.headers["Content-Disposition"] = f'attachment; filename="{name}"'

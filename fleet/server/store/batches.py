@@ -188,6 +188,7 @@ class BatchStore(StoreBase):
         log_dir: Path,
         now: datetime,
         options: BatchOptions | None = None,
+        owner_node: str | None = None,
     ) -> BatchRecord:
         """Create a PENDING batch and its PENDING children in one transaction.
 
@@ -195,6 +196,7 @@ class BatchStore(StoreBase):
             targets: ``(child_id, vps_id, vps_name)`` per child.
             options: rollout options, tags, re-run origin and (masked) parameters.
             log_dir: Output logs go to ``<log_dir>/<batch_id>/<child_id>.stdout|.stderr``.
+            owner_node: the cluster node that runs it (``fleet.server.cluster``).
         """
         self._e.Batch(
             id=batch_id,
@@ -210,6 +212,7 @@ class BatchStore(StoreBase):
             created_at=to_db(now),
             updated_at=to_db(now),
             **(options or BatchOptions()).columns(),
+            owner_node=owner_node,
         )
         orm.flush()  # the children's foreign key needs the batch row
         sql, at, pending = self._sql, self._sql.dt(now), ChildStatus.PENDING.value

@@ -80,6 +80,8 @@ def define_entities(db: Any) -> SimpleNamespace:
         created_at = Required(datetime, index=True)
         updated_at = Required(datetime)
         completed_at = orm.Optional(datetime)
+        # The cluster node running it (``--cluster``); None on a single server.
+        owner_node = orm.Optional(str, nullable=True, index=True)
         children = Set("Child")
         # Rollout and parameters; limits as given (a count or "N%"), as text.
         max_concurrency = orm.Optional(str, nullable=True)
@@ -203,6 +205,7 @@ ADDED_COLUMNS = (
     ("batch_command_task", "target_tags", "TEXT", "JSONB"),
     ("batch_command_task", "parameters", "TEXT", "JSONB"),
     ("batch_command_task", "secret_parameters", "TEXT", "JSONB"),
+    ("batch_command_task", "owner_node", "TEXT", "TEXT"),
 )
 
 
