@@ -9,6 +9,7 @@ nothing ran twice); B restarted under its name.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,15 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from .cluster_helpers import Node, fresh_database, postgres_dsn, start_agent, stop_all
+from .cluster_helpers import DSN_ENV, Node, fresh_database, postgres_dsn, start_agent, stop_all
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not os.environ.get(DSN_ENV),
+        reason=f"cluster tests need PostgreSQL: {DSN_ENV} is unset (.ci/run sets it)",
+    ),
+]
 
 FINAL = {"COMPLETED_SUCCESSFULLY", "COMPLETED_WITH_ERRORS", "TERMINATED", "FAILED_TO_START"}
 

@@ -142,15 +142,17 @@ class _RoutedSession:
 class ClusterNode:
     """This server's membership of the cluster. ``attach`` it, then ``nursery.start(run)``."""
 
-    def __init__(self, config: ServerConfig, *, grpc_port: int | None = None) -> None:
-        connect = bind_args(config.db_url, config.data_dir)
-        connect.pop("provider")
-        port = grpc_port if grpc_port is not None else config.grpc_endpoint[1]
+    def __init__(self, config: ServerConfig, *, bus: Bus | None = None) -> None:
+        port = config.grpc_endpoint[1]
         self.name = config.node_name or f"{socket.gethostname()}:{port or os.getpid()}"
         self.incarnation = secrets.token_hex(8)
         self.lease_s = config.node_lease_s
         self._config = config
-        self.bus = Bus(connect, self.name)
+        if bus is None:
+            connect = bind_args(config.db_url, config.data_dir)
+            connect.pop("provider")
+            bus = Bus(connect, self.name)
+        self.bus = bus
         self.registry = ClusterRegistry(self.bus)
         self._local_open: dict[int, frozenset[str] | None] = {}
         self._inbox: list[Inbound] = []
