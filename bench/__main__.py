@@ -1,4 +1,4 @@
-"""``python -m bench [fanout|scale|throughput|api|compare|idle|rollout|all ...] [--json]``.
+"""``python -m bench [fanout|scale|throughput|api|compare|idle|rollout|cluster|all ...] [--json]``.
 
 Runs the named benchmarks in order (default: ``all``), prints a table for each, then the issue's
 targets with the measured values. ``--json`` prints one JSON document instead of the tables.
@@ -21,7 +21,9 @@ from ._metrics import machine_notes, raise_nofile
 from ._report import BenchError, log
 from .targets import evaluate, render_targets
 
-NAMES = ("fanout", "scale", "throughput", "api", "compare", "idle", "rollout")
+NAMES = ("fanout", "scale", "throughput", "api", "compare", "idle", "rollout", "cluster")
+#: Run only when named (they need PostgreSQL).
+NOT_IN_ALL = ("cluster",)
 #: Wall-clock bound of each benchmark (seconds), full / quick.
 BUDGET = {
     "fanout": (1800, 600),
@@ -31,11 +33,16 @@ BUDGET = {
     "compare": (1800, 600),
     "idle": (120, 120),
     "rollout": (900, 400),
+    "cluster": (2400, 900),
 }
 
 
 async def _run(
-    names: list[str], quick: bool, runs: int | None, journal: str = "on"
+    names: list[str],
+    quick: bool,
+    runs: int | None,
+    journal: str = "on",
+    agents: int | None = None,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine_notes(), "quick": quick, "results": {}}
     started = time.time()
@@ -53,6 +60,8 @@ async def _run(
                     kwargs["previous"] = results["results"]
                 if name == "fanout":
                     kwargs["journal"] = journal
+                if name == "cluster" and agents is not None:
+                    kwargs["agents"] = agents
                 result = await module.run(**kwargs)
         except trio.TooSlowError:
             result = {"benchmark": name, "error": f"did not finish within {budget} s"}
@@ -90,11 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         help="fanout: agents keep journals (on, the default, as fleet-agent does), not (off), "
         "or both, one after the other in the same run (the journal's cost)",
     )
+    parser.add_argument(
+        "--agents", type=int, metavar="N", help="cluster: agent streams per node (1000)"
+    )
     args = parser.parse_args(argv)
     names: list[str] = []
     for name in args.names:
         if name == "all":
-            names.extend(n for n in NAMES if n not in names)
+            names.extend(n for n in NAMES if n not in names and n not in NOT_IN_ALL)
         elif name in NAMES:
             if name not in names:
                 names.append(name)
@@ -103,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if "compare" in names:  # compare reuses the fanout/throughput figures of the same run
         names = [n for n in names if n != "compare"] + ["compare"]
     raise_nofile()
-    results = trio.run(_run, names, args.quick, args.runs, args.agent_journal)
+    results = trio.run(_run, names, args.quick, args.runs, args.agent_journal, args.agents)
     if args.save:
         with open(args.save, "w", encoding="utf-8") as f:
             json.dump(_clean(results), f, indent=2, default=str)
