@@ -497,17 +497,26 @@ class BatchRun:
             children=(),
         )
 
-    def snapshot(self) -> BatchRecord:
+    def summary(self, record: BatchRecord | None = None) -> BatchRecord:
+        """``record`` (default: the batch as submitted) with the live overall state, without
+        its children (what a list of batches shows)."""
         b = self.batch
         clock = self._deps.clock
+        base = record if record is not None else self.record
         return dataclasses.replace(
-            self.record,
+            base,
             status=b.status,
-            updated_at=clock.to_datetime(b.updated_at) or self.record.updated_at,
+            updated_at=clock.to_datetime(b.updated_at) or base.updated_at,
             completed_at=clock.to_datetime(b.completed_at),
             counts=b.counts(),
             stop_reason=b.stop_reason,
             rollout_counts=b.rollout_counts(),
+        )
+
+    def snapshot(self) -> BatchRecord:
+        """The batch as the API shows it now, children included."""
+        return dataclasses.replace(
+            self.summary(),
             children=tuple(self.child_record(c) for c in self.batch.children),
         )
 

@@ -12,7 +12,6 @@ __all__ = [
     "batch_view",
     "child_update_event",
     "child_view",
-    "from_ts",
     "iso",
     "rollout_view",
     "script_view",
@@ -25,10 +24,6 @@ def iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def from_ts(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
 def child_view(c: ChildRecord) -> dict[str, Any]:

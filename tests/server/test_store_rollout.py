@@ -9,7 +9,7 @@ from pathlib import Path
 from pony import orm
 
 from fleet.server.store import BatchOptions, BatchUpdate, Store
-from fleet.server.store.schema import ADDED_COLUMNS
+from fleet.server.store.schema import ADDED_COLUMNS, ADDED_INDEXES
 
 from .test_store import make_batch, new_id
 
@@ -67,6 +67,8 @@ def test_an_older_store_gets_the_new_columns(
     script = store.create_script("old", "", "true")
     db = store._db
     with orm.db_session:
+        for _, _, index in ADDED_INDEXES:
+            db.execute(f"DROP INDEX IF EXISTS {index}")  # SQLite keeps a column that has one
         for table, column, _, _ in ADDED_COLUMNS:
             if column != "agent_reported":
                 db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")

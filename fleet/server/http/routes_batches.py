@@ -6,7 +6,6 @@ batch's events as the supervisor publishes them; an unknown batch is closed with
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import trio
@@ -16,7 +15,7 @@ from quart_trio import QuartTrio
 from fleet import core
 from fleet.core import STREAMS
 from fleet.server.store import BatchRecord, Store
-from fleet.server.views import batch_summary_view, batch_view, from_ts
+from fleet.server.views import batch_summary_view, batch_view
 
 from .common import (
     ApiError,
@@ -75,21 +74,15 @@ def register(app: QuartTrio, services: Services) -> None:
     async def list_batches() -> Response:
         limit = int_arg("limit", 50, low=1, high=500)
         offset = int_arg("offset", 0, low=0, high=10**9)
+        # Taken before the store is read: a batch that finishes meanwhile leaves memory once
+        # its final state is committed, which the read may have missed.
+        live = {run.id: run for run in supervisor.running()}
         records, total = await db.run(Store.list_batches, limit=limit, offset=offset)
         items = []
         for record in records:
-            run = supervisor.get(record.id)
+            run = live.get(record.id)
             if run is not None:
-                live = run.batch
-                record = dataclasses.replace(
-                    record,
-                    status=live.status,
-                    counts=live.counts(),
-                    updated_at=from_ts(live.updated_at) or record.updated_at,
-                    completed_at=from_ts(live.completed_at),
-                    stop_reason=live.stop_reason,
-                    rollout_counts=live.rollout_counts(),
-                )
+                record = run.summary(record)
             items.append(batch_summary_view(record))
         return json_response({"items": items, "total": total, "limit": limit, "offset": offset})
 

@@ -209,6 +209,10 @@ ADDED_COLUMNS = (
 )
 
 
+#: Indexes of added columns (Pony names them so when it creates a table itself).
+ADDED_INDEXES = (("batch_command_task", "owner_node", "idx_batch_command_task__owner_node"),)
+
+
 def add_missing_columns(db: Any) -> None:
     """Bring an older store's tables up to this schema (call before ``generate_mapping``)."""
     with orm.db_session:
@@ -221,3 +225,12 @@ def add_missing_columns(db: Any) -> None:
             columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall()}
             if columns and column not in columns:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sqlite_type}")
+        for table, column, index in ADDED_INDEXES:
+            if _table_exists(db, table):
+                db.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({column})")
+
+
+def _table_exists(db: Any, table: str) -> bool:
+    if db.provider_name == "postgres":
+        return bool(db.select(f"SELECT to_regclass('{table}') IS NOT NULL")[0])
+    return bool(db.select(f"SELECT count(*) FROM sqlite_master WHERE name = '{table}'")[0])
