@@ -66,12 +66,14 @@ def _database(dsn: str) -> Iterator[str]:
 async def _cluster(tmp: Path, db: str) -> AsyncIterator[list[Server]]:
     """Nodes a, b, c (a first: it creates the schema and the admin token)."""
     servers: list[Server] = []
+    for name in NODES:
+        (tmp / name).mkdir(parents=True)
     async with fleet_server(tmp / "a", *_node_args(db, "a")) as a:
         servers.append(a)
         token = (a.data_dir / "admin.token").read_text()
         for name in NODES[1:]:
             data = tmp / name / "data"
-            data.mkdir(mode=0o700, parents=True)
+            data.mkdir(mode=0o700)
             fd = os.open(data / "admin.token", os.O_WRONLY | os.O_CREAT, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(token)
@@ -129,6 +131,7 @@ async def _spread(tmp: Path, db: str, n: int) -> dict[str, Any]:
 
 
 async def _single(tmp: Path, n: int) -> dict[str, Any]:
+    await trio.Path(tmp).mkdir(parents=True, exist_ok=True)
     async with fleet_server(tmp) as server, Api(server, connections=64) as api:
         creds = await api.create_vps_many(3 * n, concurrency=64)
         ids = [vps_id for vps_id, _ in creds]
@@ -151,52 +154,69 @@ async def _feed_and_failover(tmp: Path, db: str, agents: int) -> dict[str, Any]:
             async with workers(_agent_hosts(creds, addresses, tmp), tmp, "agents") as group:
                 await group.go(timeout=300)
                 await api_a.wait_online(agents, timeout=120)
-                delays = await _cross_node_feed(api_b, c, ids)
+                delays, owner_delays = await _cross_node_feed(api_b, b, c, ids)
                 settle_s, statuses = await _failover(api_a, api_b, b, ids)
     return {
         "feed_p50_ms": percentile(delays, 50) * 1000 if delays else None,
         "feed_p99_ms": percentile(delays, 99) * 1000 if delays else None,
         "feed_lines": len(delays),
+        "owner_feed_p99_ms": percentile(owner_delays, 99) * 1000 if owner_delays else None,
         "failover_s": settle_s,
         "failover_statuses": statuses,
     }
 
 
-async def _cross_node_feed(api_b: Api, c: Server, ids: list[int]) -> list[float]:
-    """Lines printed by agents of a batch node b runs, as node c's feed subscriber sees them."""
+async def _cross_node_feed(
+    api_b: Api, b: Server, c: Server, ids: list[int]
+) -> tuple[list[float], list[float]]:
+    """Lines printed by agents of a batch node b runs, as feed subscribers on c (another node)
+    and on b (the owner, for reference) see them."""
     gate = Path(f"/tmp/fleet-bench-gate-{uuid.uuid4().hex}")
     command = (
         f"while [ ! -e {gate} ]; do sleep 0.02; done; "
         "for i in $(seq 40); do date +%s.%N; sleep 0.05; done"
     )
     batch_id = await api_b.post_batch(command, ids)
-    delays: list[float] = []
-    url = f"{c.ws_url}/ws/batch_commands/{batch_id}"
-    headers = [(b"Authorization", f"Bearer {c.token}".encode())]
+    delays: dict[str, list[float]] = {"b": [], "c": []}
+    subscribed = trio.Semaphore(0)
+
+    async def watch(server: Server, out: list[float]) -> None:
+        url = f"{server.ws_url}/ws/batch_commands/{batch_id}"
+        headers = [(b"Authorization", f"Bearer {server.token}".encode())]
+        async with trio_websocket.open_websocket_url(url, extra_headers=headers) as ws:
+            json.loads(await ws.get_message())
+            subscribed.release()
+            while True:
+                event = json.loads(await ws.get_message())
+                now = time.time()
+                if event["type"] == "NEW_LOG_OUTPUT":
+                    for line in event["data"].split():
+                        try:
+                            out.append(now - float(line))
+                        except ValueError:
+                            continue
+                elif (
+                    event["type"] == "BATCH_TASK_UPDATE" and event["overall_status"] in FINAL_BATCH
+                ):
+                    return
+
     try:
         with trio.fail_after(120):
-            async with trio_websocket.open_websocket_url(url, extra_headers=headers) as ws:
-                json.loads(await ws.get_message())  # subscribed: let the output come
-                await trio.Path(gate).touch()
-                while True:
-                    event = json.loads(await ws.get_message())
-                    now = time.time()
-                    if event["type"] == "NEW_LOG_OUTPUT":
-                        for line in event["data"].split():
-                            try:
-                                delays.append(now - float(line))
-                            except ValueError:
-                                continue
-                    elif (
-                        event["type"] == "BATCH_TASK_UPDATE"
-                        and event["overall_status"] in FINAL_BATCH
-                    ):
-                        break
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch, c, delays["c"])
+                nursery.start_soon(watch, b, delays["b"])
+                for _ in range(2):
+                    await subscribed.acquire()
+                await trio.Path(gate).touch()  # both subscribed: let the output come
     finally:
         with trio.CancelScope(shield=True):
             await trio.Path(gate).unlink(missing_ok=True)
-    log(f"cluster: {len(delays)} lines seen on node c, p99 {percentile(delays, 99) * 1000:.0f} ms")
-    return delays
+    log(
+        f"cluster: {len(delays['c'])} lines seen on node c, p99 "
+        f"{percentile(delays['c'], 99) * 1000:.0f} ms (on b, the owner: "
+        f"{percentile(delays['b'], 99) * 1000:.0f} ms)"
+    )
+    return delays["c"], delays["b"]
 
 
 async def _failover(
@@ -222,7 +242,10 @@ async def _failover(
     settle_s = time.perf_counter() - killed
     statuses: dict[str, int] = {}
     for task in view["tasks"]:
-        statuses[task["status"]] = statuses.get(task["status"], 0) + 1
+        key = task["status"]
+        if task["error_message"]:
+            key += f" ({task['error_message'][:80]})"
+        statuses[key] = statuses.get(key, 0) + 1
     log(f"cluster: node b's batch settled {settle_s:.2f} s after SIGKILL: {statuses}")
     return settle_s, statuses
 
@@ -256,7 +279,8 @@ def render(result: dict[str, Any]) -> str:
     text += (
         f"\ncross-node feed (agents on b, batch run by b, watched on c): "
         f"p50 {fmt(result['feed_p50_ms'], 'ms')} p99 {fmt(result['feed_p99_ms'], 'ms')} "
-        f"over {result['feed_lines']} lines (print → c's subscriber, end to end)"
+        f"over {result['feed_lines']} lines (print → c's subscriber, end to end; on b, the "
+        f"owner: p99 {fmt(result['owner_feed_p99_ms'], 'ms')})"
         f"\nfailover: SIGKILL of node b → its batch's last child settled in "
         f"{fmt(result['failover_s'], 's')} ({result['failover_agents']} real agents, "
         f"--node-lease {result['lease_s']:g}): {result['failover_statuses']}"

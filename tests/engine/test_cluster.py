@@ -57,6 +57,9 @@ class FakeBus:
     def post_handled(self, ids: list[int]) -> None:
         self.handled.extend(ids)
 
+    async def call(self, fn: Any, *args: Any) -> Any:
+        return {}  # output_many: nothing stored yet
+
     def to_agents(self, node: str, kind: str) -> list[str]:
         """Command ids of the ``kind`` payloads sent towards agents held by ``node``."""
         out = []
@@ -268,4 +271,48 @@ async def test_reports_wait_while_batches_are_being_adopted(
             gate.set()
             await _settle()
             assert a.bus.messages == []  # agent 1 is connected nowhere: nothing to send to
+            nursery.cancel_scope.cancel()
+
+
+class FakeDb:
+    def __init__(self, record: Any) -> None:
+        self.record = record
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        return self.record
+
+
+async def test_an_adopted_batch_has_its_connected_agents_reconnect_to_reconcile(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    with trio.fail_after(600):
+        async with trio.open_nursery() as nursery:
+            a = Node("a", tmp_path)
+            await a.start(nursery)
+            record = make_batch(
+                tmp_path / "logs",
+                [1, 2, 3],
+                status=core.BatchStatus.IN_PROGRESS,
+                children=[(S.EXECUTING, None), (S.SENT_TO_AGENT, None), (S.SUCCESS, 0)],
+            )
+            first, second, _ = (c.id for c in record.children)
+            a.cluster._db = FakeDb(record)  # type: ignore[assignment]
+            here = FakeSession(1)
+            a.cluster.registry.attach(here)
+            a.hooks.connected(here, info([]))  # an old handshake: it predates the command
+            a.remote_agent(2, "c", [])
+            a.remote_agent(3, "c", [])
+            await _settle()
+            await a.cluster._resume(record.id)
+            run = a.supervisor.get(record.id)
+            assert run is not None
+            # Their handshakes are stale: the agents of live children reconnect and say anew.
+            assert here.closed
+            resync = [m for m in a.bus.messages if m[1] == "resync"]
+            assert [(m[0], m[2]) for m in resync] == [("c", 2)]  # 3's child has ended
+            assert run.batch.children[first].status is S.EXECUTING  # not "came back without"
+            a.remote_agent(2, "b", [second])  # its fresh handshake holds the command
+            await _settle()
+            assert run.batch.children[second].status is S.SENT_TO_AGENT
+            assert a.bus.to_agents("b", "batch_agent_command_request") == []  # not sent twice
             nursery.cancel_scope.cancel()

@@ -62,6 +62,8 @@ _REPORTS = (
 )
 
 
+#: Why an agent's stream is closed when a batch of its moved to this node.
+RESYNC = "its batches moved to another server of the cluster: reconnect to reconcile"
 #: How often the agents' credentials are read again (VPSes created or changed elsewhere).
 CREDENTIALS_S = 1.0
 
@@ -247,17 +249,20 @@ class ClusterNode:
             self._adopting = None
 
     async def _resume(self, batch_id: str) -> None:
-        """Run a stored batch here, resumed, and reconcile it with agents connected anywhere."""
+        """Run a stored batch here, resumed, and have its agents reconcile with it."""
         assert self._db is not None
         assert self._supervisor is not None
         record = await self._local_logs(await self._db.run(Store.get_batch, batch_id))
         run = self._supervisor.submit(record, resumed=True)
         await run.started.wait()
-        for vps_id in {child.vps_id for child in record.children}:
+        # What agents said in their handshakes may predate commands the previous owner sent
+        # since: each connected agent of a live child reconnects, and its fresh handshake
+        # tells exactly which commands it holds (nothing stranded, nothing sent twice).
+        for vps_id in {c.vps_id for c in record.children if not c.status.is_terminal}:
             if self.registry.get(vps_id) is not None:
-                run.agent_connected(vps_id, self._local_open.get(vps_id))
+                self.registry.close(vps_id, RESYNC)
             elif (remote := self.registry.remote.get(vps_id)) is not None:
-                run.agent_connected(vps_id, remote.open_ids)
+                self.bus.post_message(remote.node, "resync", vps_id, None, b"")
 
     async def _local_logs(self, record: BatchRecord) -> BatchRecord:
         """Write the batch's logs as the database has them under this node's data directory
@@ -347,6 +352,8 @@ class ClusterNode:
                         pass  # the owner hears it is lost, and reconciles when it is back
             elif row.kind == "report":
                 self._report(row.vps_id, pb.MessageToServer.FromString(row.payload))
+            elif row.kind == "resync":
+                self.registry.close(row.vps_id, RESYNC)
             elif row.kind == "terminate":
                 request = json.loads(row.payload)
                 run = supervisor.get(request["batch_id"])

@@ -9,10 +9,11 @@ Tables (created at start-up, under an advisory lock, next to the store's own):
   agent's ``open_ids`` (its handshake's open commands). Written by that node only; deleted
   conditionally (``node = me``) so a node that lost an agent never erases where it went.
 * ``fleet_dispatch``: the outbox between nodes. ``kind`` is ``agent`` (a message for an agent
-  held by ``node``: a command, a terminate, a result ack), ``report`` (an agent's report for the
-  batch owner ``node``) or ``terminate`` (a user's terminate for the owner). Rows are read by
-  their node and deleted once handled (reports: once committed), so a node that dies between
-  the two leaves them for the node that adopts its batches.
+  held by ``node``: a command, a terminate, a result ack), ``resync`` (close that agent's
+  stream: it reconnects and its handshake lists what it holds), ``report`` (an agent's report
+  for the batch owner ``node``) or ``terminate`` (a user's terminate for the owner). Rows are
+  read by their node and deleted once handled (reports: once committed), so a node that dies
+  between the two leaves them for the node that adopts its batches.
 * ``fleet_feed_event``: live feed events of every batch, kept a minute, for nodes whose
   WebSocket subscribers watch a batch another node runs.
 * ``fleet_output_chunk``: output bytes by (child, stream, offset): downloads from any node.
