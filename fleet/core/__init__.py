@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from ._batch import BATCH_TRANSITIONS as BATCH_TRANSITIONS
 from ._batch import Batch as Batch
-from ._batch import BatchTimers as BatchTimers
 from ._batch import final_status as final_status
+from ._deadlines import BatchTimers as BatchTimers
 from ._errors import Conflict as Conflict
 from ._errors import FleetError as FleetError
 from ._errors import InvalidTransition as InvalidTransition

@@ -18,19 +18,9 @@ Before those two, the rollout rules (``fleet.core._rollout``: R1 stop at the err
 R2 dispatch while a concurrency slot is free, R3 wait for an agent that is away) decide which
 children are sent now; ``start`` sends only what they allow.
 
-Deadlines (``next_deadline``), fed back as ``Tick``, are the four per-child timers, all kept in
-one heap and decided here:
-
-* reconnect grace: a child whose agent was lost is ``AGENT_UNREACHABLE`` once
-  ``reconnect_grace_s`` passed without the agent coming back;
-* terminate confirmation: a ``TERMINATING`` child whose connected agent did not confirm within
-  ``terminate_confirm_s`` is a ``FAILURE`` ("the command may still be running"); the clock runs
-  only while the agent is connected (a terminate cannot reach a lost agent; it is sent again,
-  and the clock restarted, when the agent comes back);
-* result deadline: a child with a command timeout and no result long after it
-  (``timeout + result_slack_s``) is a ``FAILURE`` and its agent is told to terminate;
-* agent wait (rollout R3): a child waiting for its agent is ``AGENT_UNREACHABLE`` once
-  ``wait_for_agent_s`` passed without the agent connecting.
+Deadlines (``next_deadline``), fed back as ``Tick``, are the four per-child timers (reconnect
+grace, terminate confirmation, result deadline, agent wait), kept in one heap and decided in
+``fleet.core._deadlines``; a passed one ends its child through ``ChildTask.expire``.
 
 Agents coming and going are batch-level inputs (``agent_connected``, ``agent_lost``) that the
 batch turns into child events for that VPS's children: an agent that lists the commands it holds
@@ -44,11 +34,10 @@ back without it), ``SendTerminate`` (cancel that child's scope, whose cleanup te
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
 
+from ._deadlines import BatchTimers, Deadlines
 from ._errors import InvalidTransition
 from ._events import (
     AgentAway,
@@ -73,7 +62,7 @@ from ._rollout import Dispatcher, Rollout
 from ._status import BatchStatus, ChildStatus
 from ._task import ChildTask
 
-__all__ = ["BATCH_TRANSITIONS", "Batch", "BatchTimers", "final_status"]
+__all__ = ["BATCH_TRANSITIONS", "Batch", "final_status"]
 
 B = BatchStatus
 S = ChildStatus
@@ -85,19 +74,6 @@ BATCH_TRANSITIONS: dict[tuple[BatchStatus, type], BatchStatus] = {
     (B.TERMINATING, TerminateBatch): B.TERMINATING,
     **{(s, TerminateBatch): s for s in B if s.is_terminal},
 }
-
-
-@dataclass(frozen=True)
-class BatchTimers:
-    """Durations (seconds) the batch's deadline rules use."""
-
-    reconnect_grace_s: float = 30.0
-    result_slack_s: float = 60.0
-    terminate_confirm_s: float = 15.0
-
-    def __post_init__(self) -> None:
-        if min(self.reconnect_grace_s, self.result_slack_s, self.terminate_confirm_s) < 0:
-            raise ValueError("durations must not be negative")
 
 
 #: Statuses only a child whose command reached its agent can have (even when a restored child
@@ -170,8 +146,8 @@ class Batch:
         # deadline), not a scan of every child: a batch may have 10,000 of them.
         self._counts: Counter[ChildStatus] = Counter()
         self._sent_any = False
-        self._deadlines: list[tuple[float, str]] = []  # a heap; stale entries are skipped
         self.rollout = rollout or Rollout()
+        self._deadlines = Deadlines(self.timers, timeout_s, self.rollout.wait_for_agent_s)
         self._dispatch = Dispatcher(self.rollout, len(tasks))
         self._recount()
 
@@ -323,12 +299,7 @@ class Batch:
 
     def next_deadline(self) -> float | None:
         """The earliest time at which a ``Tick`` would change something, or ``None``."""
-        while self._deadlines:
-            deadline, child_id = self._deadlines[0]
-            if self._deadline(self.children[child_id]) == deadline:
-                return deadline
-            heapq.heappop(self._deadlines)  # stale: that child's deadline moved or ended
-        return None
+        return self._deadlines.next(self.children)
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -402,43 +373,10 @@ class Batch:
             self._child_event(TerminateChild(task.child_id, by_batch=True), now, effects)
 
     def _tick(self, now: float, effects: list[Effect]) -> None:
-        while self._deadlines and self._deadlines[0][0] <= now:
-            deadline, child_id = heapq.heappop(self._deadlines)
-            task = self.children[child_id]
-            if self._deadline(task) != deadline:
-                continue  # stale entry
-            if task.waiting_since is not None:
-                wait = self.rollout.wait_for_agent_s
-                self._expire(
-                    task, S.AGENT_UNREACHABLE, f"agent did not connect within {wait:g} s", now
-                )
-            elif task.lost_since is not None:
-                grace = self.timers.reconnect_grace_s
-                if task.maybe_sent:
-                    message = (
-                        "unknown whether the command reached the agent: the server restarted "
-                        f"as it was being sent, and the agent did not come back within {grace:g} s"
-                    )
-                else:
-                    message = f"the agent disconnected and did not come back within {grace:g} s"
-                self._expire(task, S.AGENT_UNREACHABLE, message, now)
-            elif task.status is S.TERMINATING and self._confirm_deadline(task) == deadline:
-                confirm = self.timers.terminate_confirm_s
-                self._expire(
-                    task,
-                    S.FAILURE,
-                    f"termination was not confirmed by the agent within {confirm:g} s; "
-                    "the command may still be running",
-                    now,
-                )
-            else:
-                self._expire(
-                    task,
-                    S.FAILURE,
-                    f"no result from the agent within {self.timeout_s:g} s timeout "
-                    f"(+{self.timers.result_slack_s:g} s)",
-                    now,
-                )
+        for task in self._deadlines.due(self.children, now):
+            expiry = self._deadlines.expiry(task)
+            self._expire(task, expiry.status, expiry.message, now)
+            if expiry.terminate:
                 effects.append(SendTerminate(task.child_id, task.vps_id))
             effects.append(ChildChanged(task.child_id))
 
@@ -461,41 +399,17 @@ class Batch:
         if task.sent_at is not None:
             self._sent_any = True
         if self._deadline(task) != was_deadline:
-            self._push_deadline(task)
+            self._deadlines.push(task)
 
     def _recount(self) -> None:
         tasks = self.children.values()
         self._counts = Counter(t.status for t in tasks)
         self._sent_any = any(t.sent_at is not None for t in tasks)
         self._dispatch.waiting = {t.child_id for t in tasks if t.waiting_since is not None}
-        self._deadlines = []
-        for task in tasks:
-            self._push_deadline(task)
-
-    def _push_deadline(self, task: ChildTask) -> None:
-        deadline = self._deadline(task)
-        if deadline is not None:
-            heapq.heappush(self._deadlines, (deadline, task.child_id))
-
-    def _confirm_deadline(self, task: ChildTask) -> float | None:
-        if task.terminate_requested_at is None:
-            return None
-        return task.terminate_requested_at + self.timers.terminate_confirm_s
+        self._deadlines.reset(tasks)
 
     def _deadline(self, task: ChildTask) -> float | None:
-        """The child's earliest deadline (lost agent first: then no other clock runs)."""
-        if task.is_terminal:
-            return None
-        if task.waiting_since is not None:
-            return task.waiting_since + self.rollout.wait_for_agent_s
-        if task.lost_since is not None:
-            return task.lost_since + self.timers.reconnect_grace_s
-        candidates = []
-        if task.status is S.TERMINATING and (confirm := self._confirm_deadline(task)) is not None:
-            candidates.append(confirm)
-        if self.timeout_s and task.sent_at is not None:
-            candidates.append(task.sent_at + self.timeout_s + self.timers.result_slack_s)
-        return min(candidates, default=None)
+        return self._deadlines.of(task)
 
     def _settle(self, now: float, effects: list[Effect]) -> None:
         """Apply the batch rules (module docstring). One ordered pass reaches the fixed point:

@@ -70,18 +70,21 @@ TEXT_PATTERN = "^[^\\x00]*[^\\s\\x00-\\x1f][^\\x00]*$"
 
 
 def _int32_digits() -> str:
-    """A regex for the decimal numbers 1 … 2**31 - 1, without leading zeros."""
+    """A regex for the decimal numbers 1 … 2**31 - 1, without leading zeros: any shorter
+    number, or the top's first ``i`` digits then a smaller digit then any digits, or the top."""
     top = str(2**31 - 1)
+
+    def smaller(i: int) -> str:
+        low, upper = ("1" if i == 0 else "0"), str(int(top[i]) - 1)
+        return upper if upper == low else f"[{low}-{upper}]"
+
+    rest = [f"[0-9]{{{len(top) - i - 1}}}" if i < len(top) - 1 else "" for i in range(len(top))]
     branches = [f"[1-9][0-9]{{0,{len(top) - 2}}}"]
-    for i, digit in enumerate(top):
-        if digit == "0":
-            continue
-        rest = len(top) - i - 1
-        low = "1" if i == 0 else "0"
-        if int(digit) - 1 >= int(low):
-            upper = str(int(digit) - 1)
-            cls = upper if upper == low else f"[{low}-{upper}]"
-            branches.append(f"{top[:i]}{cls}" + (f"[0-9]{{{rest}}}" if rest else ""))
+    branches += [
+        f"{top[:i]}{smaller(i)}{rest[i]}"
+        for i in range(len(top))
+        if int(top[i]) > (1 if i == 0 else 0)
+    ]
     branches.append(top)
     return "^(" + "|".join(branches) + ")$"
 
