@@ -473,6 +473,10 @@ async def _start(
             _keepalive_timeout=config.keepalive_timeout_s,
             _keepalive_permit_without_calls=True,
             _http2_max_pings_without_data=0,
+            # grpclib sends a ping only if the last one is older than this (default 300 s):
+            # left alone, every ping after the first waited 300 s, and an agent whose network
+            # went silent was noticed only minutes later. Half the interval, as the agent.
+            _http2_min_sent_ping_interval_without_data=config.keepalive_s / 2,
         ),
     )
     await server.start(sock=sock, backlog=4096, ssl=_tls_context(config))

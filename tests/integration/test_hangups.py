@@ -140,3 +140,31 @@ async def test_peers_hanging_up_right_after_their_handshake_log_no_error(
         assert reply.server_handshake_ack is not None
         assert reply.server_handshake_ack.authentication_successful
         await peer.close()
+
+
+@pytest.mark.parametrize("server_config", [{"keepalive_s": 0.3, "keepalive_timeout_s": 0.5}],
+                         indirect=True)  # fmt: skip
+async def test_a_peer_gone_silent_is_dropped_within_the_keepalive(
+    server: Endpoints, client: httpx.AsyncClient, server_config: ServerConfig
+) -> None:
+    """A peer that answered the server's pings for a while, then goes silent (its network
+    black-holed: it reads nothing more), is dropped within keepalive + its timeout. grpclib's
+    default let a ping follow the previous one only after 300 s, so only the first ping of a
+    connection ever counted (found by the fault suite's network stall)."""
+    with trio.fail_after(20):
+        vps = await add_vps(client, "silent")
+        peer = RawPeer(server.grpc_address)
+        await peer.open()
+        assert await peer.send(handshake(vps["id"], vps["agent_secret"]))
+        reply = await peer.receive()
+        assert reply is not None
+        await wait_online(server, vps["id"])
+        # Time passing is the subject here: several pings are sent and answered first.
+        await trio.sleep(4 * server_config.keepalive_s)
+        assert server.services.registry.is_online(vps["id"])
+        channel: Any = peer._channel
+        channel._protocol.connection._transport.pause_reading()  # the network goes silent
+        bound = server_config.keepalive_s + server_config.keepalive_timeout_s + 1.0
+        with trio.fail_after(bound):
+            await wait_online(server, vps["id"], online=False)
+        await peer.close()
