@@ -86,7 +86,7 @@ async def check(
     FAILURE or TERMINATED child must give in its ``error_message``.
     """
     grace = fleet.server.grace
-    with trio.fail_after(grace + bound):
+    with trio.fail_at(fault_at + grace + bound):  # the bound counts from the fault
         body = await wait_batch(fleet, batch_id, _final)
     settled = trio.current_time() - fault_at
     runs = fleet.runs(tag)

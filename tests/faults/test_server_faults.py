@@ -15,6 +15,9 @@ from .conftest import OpenFleet
 pytestmark = pytest.mark.faults
 
 GRACE = 2.0
+#: Where every child must come back SUCCESS: a grace that a restarted server plus reconnecting
+#: agents meet even on a loaded machine; it costs nothing when they do.
+ROOMY_GRACE = 8.0
 #: Seconds after the grace within which every child must be terminal (server restart included).
 BOUND = 20.0
 
@@ -37,7 +40,7 @@ async def test_server_sigkill_after_202(open_fleet: OpenFleet, delay_ms: int) ->
 
 async def test_server_sigkill_mid_output(open_fleet: OpenFleet) -> None:
     with trio.fail_after(120):
-        async with open_fleet(n=6, grace=GRACE) as fleet:
+        async with open_fleet(n=6, grace=ROOMY_GRACE) as fleet:
             content, expected = fleet.command("o", lines=30, interval=0.05)
             batch = await post_batch(fleet, content)
             with trio.fail_after(20):  # every child has streamed some output
@@ -56,7 +59,7 @@ async def test_server_sigkill_mid_output(open_fleet: OpenFleet) -> None:
 
 async def test_server_sigterm_mid_batch(open_fleet: OpenFleet) -> None:
     with trio.fail_after(120):
-        async with open_fleet(n=6, grace=GRACE) as fleet:
+        async with open_fleet(n=6, grace=ROOMY_GRACE) as fleet:
             content, expected = fleet.command("t", lines=30, interval=0.05)
             batch = await post_batch(fleet, content)
             with trio.fail_after(20):
