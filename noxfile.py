@@ -65,6 +65,17 @@ def fuzz(session: nox.Session) -> None:
 
 
 @nox.session
+def faults(session: nox.Session) -> None:
+    """The fault-injection suite (tests/faults): real ``fleet-server`` and ``fleet-agent``
+    processes killed, restarted, cut off by a loopback proxy, out of disk (a tmpfs: needs root)
+    and losing PostgreSQL (127.0.0.1:5432) under running batches; each case skips, saying why,
+    when what it needs is missing. Prints its table and writes ``test-artifacts/faults.md``.
+    """
+    session.install("-e", ".[dev]")
+    session.run("pytest", "-m", "faults", "tests/faults", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")

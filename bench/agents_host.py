@@ -39,7 +39,11 @@ async def _read_line(stream: trio.lowlevel.FdStream) -> bytes:
 
 
 async def host(
-    server: str, agents: list[tuple[int, str]], max_concurrent: int, state_root: str | None
+    server: str,
+    agents: list[tuple[int, str]],
+    max_concurrent: int,
+    state_root: str | None,
+    connect_timeout: float = 120.0,
 ) -> None:
     configs = [
         AgentConfig(
@@ -48,7 +52,7 @@ async def host(
             secret=Secret(secret),
             log_level="WARNING",
             max_concurrent=max_concurrent,
-            connect_timeout_s=120.0,
+            connect_timeout_s=connect_timeout,
             reconnect_min_s=0.2,
             reconnect_max_s=2.0,
             state_dir=Path(state_root, f"vps-{vps_id}") if state_root else None,
@@ -87,13 +91,16 @@ def main() -> None:
     parser.add_argument("--agents", required=True, help="JSON file: [[vps_id, secret], ...]")
     parser.add_argument("--max-concurrent", type=int, default=32)
     parser.add_argument(
+        "--connect-timeout", type=float, default=120.0, help="fleet-agent's is 15 (default 120)"
+    )
+    parser.add_argument(
         "--state-root", help="give each agent a journal in STATE_ROOT/vps-N (default: none)"
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     with open(args.agents, encoding="utf-8") as f:
         agents = [(int(v), str(s)) for v, s in json.load(f)]
-    trio.run(host, args.server, agents, args.max_concurrent, args.state_root)
+    trio.run(host, args.server, agents, args.max_concurrent, args.state_root, args.connect_timeout)
 
 
 if __name__ == "__main__":

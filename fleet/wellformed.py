@@ -2,9 +2,10 @@
 
 betterproto2 decodes a field sent with the wrong wire type into a value of the wrong Python
 type rather than failing: a ``string`` field can come out as an ``int``, an ``int32`` as a
-``list``, a ``uint64`` can be absent (``None``) or an ``int32`` out of its range. Code that then
-calls ``.encode()`` or stores the value fails far from the wire (an ``AttributeError`` in the
-credentials check, an ``OverflowError`` in the store). Both ends of the agent stream therefore
+``list``, a ``uint64`` can be absent (``None``), and two members of one ``oneof`` can both be
+set (``which_one_of`` then raises ``RuntimeError``). Code that then calls ``.encode()`` or
+stores the value fails far from the wire (an ``AttributeError`` in the credentials check, an
+``OverflowError`` in the store). Both ends of the agent stream therefore
 check every decoded message with :func:`problem` before using it.
 
 Used by ``fleet.server.rpc`` (through ``fleet.server.reports``) and ``fleet.agent.link``; pure,
@@ -50,10 +51,15 @@ def problem(message: betterproto2.Message, *, path: str = "") -> str | None:
 
     Text in the answer comes from the schema only, never from the message, so it is safe to log.
     """
+    groups: set[str] = set()
     for field_name, meta in _schema(type(message)):
         value = getattr(message, field_name)
         if value is None and (meta.optional or meta.group is not None):
             continue  # unset optional field or oneof member
+        if meta.group is not None:
+            if meta.group in groups:  # two members of a oneof came on the wire: both are kept
+                return f"{path}{meta.group}: more than one member of the oneof is set"
+            groups.add(meta.group)
         if meta.repeated or meta.map_meta is not None:
             found = _repeated(meta, value, path + field_name)
         else:

@@ -234,7 +234,16 @@ class Link:
                 METHOD_PATH, Cardinality.STREAM_STREAM, pb.MessageToServer, pb.MessageToAgent
             )
             async with stream:
-                await stream.send_message(handshake)
+                try:
+                    await stream.send_message(handshake)
+                except AttributeError as error:
+                    # grpclib 0.4.9: a connection lost between its connect and the stream's
+                    # creation (a server or proxy accepting and closing at once, e.g. while
+                    # the server restarts) leaves its Connection without ``_transport``. Only
+                    # that one is a lost connection; any other AttributeError is a bug.
+                    if "_transport" not in str(error):
+                        raise
+                    raise LinkError("the connection was lost as it opened") from error
                 self.messages_sent += 1
                 await stream.recv_initial_metadata()  # _receive reads messages only
                 first = await _receive(stream)

@@ -45,9 +45,11 @@ class StorageUnavailable(Exception):
 def storage_fault(exc: BaseException) -> str | None:
     """Why ``exc`` means the storage is failing (not the request), or ``None``.
 
-    Pony wraps driver errors (``original_exc``); SQLite reports faults as ``OperationalError``
-    text; PostgreSQL through psycopg2 as ``OperationalError``/``InterfaceError`` (connection lost,
-    server restarting, disk full on its side).
+    Pony wraps driver errors (``original_exc``; a failed commit lists them in ``exceptions``,
+    e.g. ``CommitException: OperationalError: database or disk is full``); SQLite reports
+    faults as ``OperationalError`` text; PostgreSQL through psycopg2 as
+    ``OperationalError``/``InterfaceError`` (connection lost, server restarting, disk full on
+    its side).
     """
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -71,6 +73,12 @@ def storage_fault(exc: BaseException) -> str | None:
                 str(current).strip().splitlines()[0] if str(current).strip() else "connection lost"
             )
         original = getattr(current, "original_exc", None)
+        if not isinstance(original, BaseException):
+            # Pony's CommitException/RollbackException (a failed commit) carry what failed as
+            # ``exceptions``, a list of (type, value, traceback), and no cause.
+            failed = getattr(current, "exceptions", None)
+            if isinstance(failed, list) and failed and isinstance(failed[0], tuple):
+                original = failed[0][1]
         current = original if isinstance(original, BaseException) else current.__cause__
     return None
 

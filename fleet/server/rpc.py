@@ -191,13 +191,23 @@ class RpcServer:
         self._handlers.add(task)
         try:
             await self._session(stream)
-        except (StreamTerminatedError, ConnectionError) as exc:
+        except (StreamTerminatedError, StreamClosedError, ConnectionError) as exc:
+            # The peer hung up (reset its stream or closed the connection) while the handler was
+            # writing, e.g. the handshake's answer: an expected end, and grpclib has already
+            # cancelled this handler for it (below).
             logger.debug("agent stream ended: %s", exc)
         except GRPCError as exc:  # before the handshake: grpclib ends the stream with its status
             logger.debug("agent stream ended: %s %s", exc.status.name, exc.message)
             raise
         finally:
             self._handlers.discard(task)
+        if task.cancelling():
+            # grpclib cancels the handler of a stream its peer reset or whose connection was
+            # lost, and logs "Failed to handle cancellation" with a traceback (ERROR) unless the
+            # handler ends with CancelledError. A handler that met the hang-up first (a write
+            # raising StreamClosedError, or a read ending) must still end that way: grpclib then
+            # logs the expected end as one info line ("Request was cancelled").
+            raise asyncio.CancelledError
 
     async def _session(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         host, peer = _peer(stream)
@@ -209,16 +219,24 @@ class RpcServer:
                 status_message="too many refused handshakes from this address; retry later",
             )
             return
+        # asyncio.wait, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+        # arrives as the read finishes (a peer resetting its stream right after its handshake),
+        # and the handler would go on to answer, then wait on a stream nobody will ever end.
+        receive = asyncio.ensure_future(_receive(stream, MAX_HANDSHAKE_BYTES))
         try:
-            first = await asyncio.wait_for(
-                _receive(stream, MAX_HANDSHAKE_BYTES), timeout=self._config.handshake_timeout_s
-            )
-        except TimeoutError:
+            await asyncio.wait({receive}, timeout=self._config.handshake_timeout_s)
+        finally:
+            in_time = receive.done()
+            if not in_time:
+                receive.cancel()
+        if not in_time:
             logger.info("peer=%s no handshake within %s s", peer, self._config.handshake_timeout_s)
             await stream.send_trailing_metadata(
                 status=Status.DEADLINE_EXCEEDED, status_message="no handshake"
             )
             return
+        try:
+            first = receive.result()
         except GRPCError as exc:  # oversized or malformed: the stream ends with its status
             self._refused(key, peer, f"{exc.status.name} {exc.message}")
             raise
@@ -455,6 +473,10 @@ async def _start(
             _keepalive_timeout=config.keepalive_timeout_s,
             _keepalive_permit_without_calls=True,
             _http2_max_pings_without_data=0,
+            # grpclib sends a ping only if the last one is older than this (default 300 s):
+            # left alone, every ping after the first waited 300 s, and an agent whose network
+            # went silent was noticed only minutes later. Half the interval, as the agent.
+            _http2_min_sent_ping_interval_without_data=config.keepalive_s / 2,
         ),
     )
     await server.start(sock=sock, backlog=4096, ssl=_tls_context(config))

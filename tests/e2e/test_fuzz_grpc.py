@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import h2.config
@@ -132,6 +133,7 @@ class Server:
     vps_id: int
     secret: str
     command_id: str  # a real command of this VPS, so reports reach the batch
+    stderr: Path  # the server's log (level ERROR): must stay free of tracebacks
 
     def credentials(self) -> bytes:
         """Fields 9 and 10 of a MessageToServer: appended to any body, they win."""
@@ -141,12 +143,14 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    data = tmp_path_factory.mktemp("fuzz") / "data"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fleet.server", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
-         "--data-dir", str(data), "--log-level", "ERROR"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    base = tmp_path_factory.mktemp("fuzz")
+    stderr = base / "stderr.log"
+    with open(stderr, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fleet.server", "--http", "127.0.0.1:0",
+             "--grpc", "127.0.0.1:0", "--data-dir", str(base / "data"), "--log-level", "ERROR"],
+            stdout=subprocess.PIPE, stderr=log, text=True,
+        )  # fmt: skip
     try:
         assert process.stdout is not None
         lines = ""
@@ -173,7 +177,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 assert not peer.closed
                 peer._pump()
             peer.close()
-        yield Server(process, url, token, port, vps["id"], vps["agent_secret"], request)
+        yield Server(process, url, token, port, vps["id"], vps["agent_secret"], request, stderr)
     finally:
         process.terminate()
         try:
@@ -287,6 +291,9 @@ def test_fuzzed_bytes_before_the_handshake_end_with_a_status(server: Server, bod
 
 def test_the_server_still_serves_after_the_fuzz(server: Server) -> None:
     assert server.process.poll() is None
+    # No error was logged: every hostile stream was an expected outcome (a status), not a
+    # traceback (before, each peer hanging up as its session ended logged one).
+    assert server.stderr.read_text() == ""
     headers = {"Authorization": f"Bearer {server.token}"}
     with httpx.Client(base_url=server.url, headers=headers, timeout=TIMEOUT) as client:
         assert client.get("/api/vps").status_code == 200

@@ -42,6 +42,30 @@ def test_storage_faults_are_told_from_bad_requests(exc: BaseException, fault: bo
     assert (storage_fault(exc) is not None) is fault
 
 
+def _failed_commit(driver_error: Exception) -> BaseException:
+    """The exception Pony raises when a commit fails, built by Pony itself."""
+    from pony.orm.core import CommitException, transact_reraise
+    from pony.orm.dbapiprovider import OperationalError
+
+    try:
+        raise OperationalError(driver_error)
+    except OperationalError as wrapped:
+        try:
+            transact_reraise(CommitException, [(OperationalError, wrapped, None)])
+        except CommitException as exc:
+            return exc
+    raise AssertionError("transact_reraise did not raise")
+
+
+def test_a_commit_failing_on_a_full_disk_is_a_storage_fault() -> None:
+    """What a POST met while the disk was full (the fault suite): it answered 500."""
+    exc = _failed_commit(sqlite3.OperationalError("database or disk is full"))
+    assert exc.__cause__ is None
+    assert not hasattr(exc, "original_exc")
+    assert storage_fault(exc) == "database or disk is full"
+    assert storage_fault(_failed_commit(sqlite3.IntegrityError("UNIQUE constraint"))) is None
+
+
 def test_a_lost_store_stays_lost() -> None:
     health = StoreHealth()
     health.failed("disk full")

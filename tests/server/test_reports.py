@@ -130,6 +130,8 @@ def test_impossible_reports_are_refused(name: str) -> None:
         (b"\x8a\x01\x03\x12\x01\x61", "batch_command_started.pid"),
         # batch_command_output_stream.chunk (3) as a varint: an int, not bytes
         (b"\x6a\x02\x18\x05", "batch_command_output_stream.chunk"),
+        # two payloads (13 and 16): betterproto2 keeps both, which_one_of raises
+        (b"\x6a\x00\x82\x01\x00", "payload"),
     ],
 )
 def test_mistyped_fields_are_refused(raw: bytes, field: str) -> None:
