@@ -20,7 +20,8 @@ direction only; no import cycles):
    (trio time ↔ wall-clock time), ``fleet.server.health`` (whether the store takes writes)
 4. ``fleet.server.views`` (JSON shapes), ``fleet.server.writeback``,
    ``fleet.server.handshakes`` (agent handshakes, refusals rate-limited),
-   ``fleet.server.output`` (a batch's logs and output facts)
+   ``fleet.server.output`` (a batch's logs and output facts), ``fleet.server.rundeps`` (what a
+   running batch depends on)
 5. ``fleet.server.batchrun``
 6. ``fleet.server.supervisor``
 7. ``fleet.server.rpc`` (gRPC), ``fleet.server.http.common`` (what every route shares),

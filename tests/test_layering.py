@@ -83,6 +83,7 @@ LAYERS: list[list[str]] = [
         "fleet.server.writeback",
         "fleet.server.handshakes",
         "fleet.server.output",
+        "fleet.server.rundeps",
     ],
     ["fleet.server.batchrun"],
     ["fleet.server.supervisor"],

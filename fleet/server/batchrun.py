@@ -31,18 +31,16 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable, Collection, Mapping
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
 from fleet import core
 from fleet.proto import agent_service as pb
 
-from .agents import AgentInfo, AgentRegistry, command_message, terminate_message
-from .clock import WallClock
-from .metrics import ServerMetrics
+from .agents import command_message, terminate_message
 from .output import BatchOutput
+from .rundeps import NullFeed, Publisher, Recorder, RunDeps
 from .store import BatchRecord, BatchUpdate, ChildRecord, ChildUpdate
 from .views import batch_view, child_update_event, iso, rollout_view
 
@@ -56,56 +54,6 @@ _RESULT_STATUS = {
     pb.CommandStatus.TERMINATED: core.ChildStatus.TERMINATED,
 }
 _STREAM = {pb.OutputType.STDOUT: "stdout", pb.OutputType.STDERR: "stderr"}
-
-
-class Publisher(Protocol):
-    """Where live events go (the feed hub). Must never block."""
-
-    def publish(self, batch_id: str, event: dict[str, Any]) -> None: ...
-
-    def has_subscribers(self, batch_id: str) -> bool: ...
-
-
-class NullFeed:
-    """A publisher with no subscribers (when the server runs without a feed)."""
-
-    def publish(self, batch_id: str, event: dict[str, Any]) -> None:
-        pass
-
-    def has_subscribers(self, batch_id: str) -> bool:
-        return False
-
-
-class Recorder(Protocol):
-    """Where changes are persisted (``WriteBack``): recorded now, committed soon, in order."""
-
-    def child(self, update: ChildUpdate) -> None: ...
-
-    def batch(self, update: BatchUpdate) -> None: ...
-
-    def agent_info(self, vps_id: int, info: AgentInfo, at: datetime) -> None: ...
-
-    def vps_seen(self, vps_id: int, at: datetime) -> None: ...
-
-    def after_flush(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` once everything recorded so far is committed."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RunDeps:
-    """Everything a ``BatchRun`` uses, and nothing more."""
-
-    agents: AgentRegistry
-    recorder: Recorder
-    feed: Publisher
-    clock: WallClock
-    timers: core.BatchTimers
-    output_cap: int
-    summary_lines: int = 20
-    metrics: ServerMetrics = dataclasses.field(default_factory=ServerMetrics)
-    #: Also given every output byte stored, ``(child_id, stream, offset, data)`` (a cluster
-    #: keeps output in its database).
-    chunks: Callable[[str, str, int, bytes], None] | None = None
 
 
 class BatchRun:
