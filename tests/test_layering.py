@@ -34,6 +34,7 @@ GRPC_MODULES = {"fleet.server.rpc", "fleet.agent.link", "fleet.wire"}
 CLI_MODULES = {
     "fleet.cli", "fleet.cli.main", "fleet.cli.client", "fleet.cli.watch", "fleet.cli.console",
     "fleet.cli.follow", "fleet.cli.run", "fleet.cli.vps", "fleet.cli.scripts", "fleet.cli.batches",
+    "fleet.cli.accounts", "fleet.cli.settings",
 }  # fmt: skip
 
 #: Top-level modules fleet/core must not import.
@@ -69,6 +70,7 @@ LAYERS: list[list[str]] = [
         "fleet.server.dbthread",
         "fleet.server.logs",
         "fleet.server.http.feed",
+        "fleet.server.http.openapi_teams",
         "fleet.server.http.openapi",
         "fleet.server.http.openapi_parts",
         "fleet.server.http.openapi_batches",
@@ -77,6 +79,8 @@ LAYERS: list[list[str]] = [
         "fleet.server.datadir",
         "fleet.server.clock",
         "fleet.server.health",
+        "fleet.server.passwords",
+        "fleet.server.logins",
     ],
     [
         "fleet.server.views",
@@ -90,6 +94,7 @@ LAYERS: list[list[str]] = [
     [
         "fleet.server.rpc",
         "fleet.server.http.common",
+        "fleet.server.http.policy",
         "fleet.server.http.auth",
         "fleet.server.http.csrf",
         "fleet.server.cluster",
@@ -100,6 +105,9 @@ LAYERS: list[list[str]] = [
         "fleet.server.http.routes_scripts",
         "fleet.server.http.routes_batches",
         "fleet.server.http.launch",
+        "fleet.server.http.routes_session",
+        "fleet.server.http.routes_accounts",
+        "fleet.server.http.routes_audit",
     ],
     ["fleet.server.http.app"],
     ["fleet.server.demo", "fleet.server.serve"],

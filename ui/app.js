@@ -7,12 +7,27 @@
 //   #/history[/<page>]    past batches
 //   #/scripts[/<id>]      saved scripts
 //   #/vps                 register / remove VPSes
+//   #/tokens              your personal API tokens (an admin: everyone's)
+//   #/users               users and their roles (admin)
+//   #/audit               the audit log, filterable (admin)
+//
+// Roles: <body data-role="viewer|operator|admin"> hides what the role cannot do (.needs-operator,
+// .needs-admin); the server refuses it anyway. The header shows who is logged in (whoami).
 //
 // Stable data-testid attributes (for tests and automation; <name> is a VPS name, <id> an id):
-//   shell     nav-run, nav-history, nav-scripts, nav-vps, logout-button, loading,
+//   shell     nav-run, nav-history, nav-scripts, nav-vps, nav-tokens, nav-users, nav-audit,
+//             whoami (+ whoami-name, whoami-role), logout-button, loading,
 //             error-banner (+ error-title, error-lines, error-dismiss), toast,
 //             confirm-dialog (+ confirm-ok, confirm-cancel)
-//   login     login-form, login-token, login-submit, login-error
+//   login     login-form, login-username, login-password, login-submit, login-error,
+//             login-use-token, login-use-password, login-token
+//   users     users-table, user-row-<username>, user-role-<username>, user-delete-<username>,
+//             user-edit-<username>, user-form, user-username, user-password, user-role,
+//             user-tags, user-submit, user-cancel
+//   tokens    tokens-table, token-row-<id>, token-revoke-<id>, token-form, token-name,
+//             token-expires, token-submit, token-secret
+//   audit     audit-filters, audit-actor, audit-action, audit-since, audit-apply, audit-table,
+//             audit-row-<id>, audit-more, audit-empty
 //   run       run-form, vps-table, vps-row-<id>, vps-check-<id>, vps-online-<id>, vps-filter,
 //             online-only, select-all, select-none, select-shown, tag-chips, tag-<tag>,
 //             selection-count, offline-warning, vps-empty, source-command, source-script,
@@ -52,6 +67,9 @@ const ROUTES = [
   { re: /^#\/history(?:\/(\d+))?$/, nav: "history", load: () => import("./views/history.js"), params: (m) => ({ page: Number(m[1] || 1) }) },
   { re: /^#\/scripts(?:\/([^/?]+))?$/, nav: "scripts", load: () => import("./views/scripts.js"), params: (m) => ({ id: m[1] ? decodeURIComponent(m[1]) : null }) },
   { re: /^#\/vps$/, nav: "vps", load: () => import("./views/vps.js"), params: () => ({}) },
+  { re: /^#\/tokens$/, nav: "tokens", load: () => import("./views/tokens.js"), params: () => ({}) },
+  { re: /^#\/users$/, nav: "users", load: () => import("./views/users.js"), params: () => ({}) },
+  { re: /^#\/audit$/, nav: "audit", load: () => import("./views/audit.js"), params: () => ({}) },
 ];
 
 const main = document.getElementById("main");
@@ -107,7 +125,20 @@ function navigate(hash) {
   else location.hash = hash;
 }
 
-const ctx = { showError, clearError, toast, confirm: confirmDialog, navigate };
+const ctx = { showError, clearError, toast, confirm: confirmDialog, navigate, me: null };
+
+/** Who is logged in: the header, <body data-role> (hides what the role cannot do), ctx.me. */
+function setMe(me) {
+  ctx.me = me;
+  document.body.dataset.role = me?.role || "";
+  setText(document.getElementById("whoami-name"), me?.username || "");
+  setText(document.getElementById("whoami-role"), me?.role || "");
+}
+
+/** Where a user lands: viewers cannot run anything, so they start on the history. */
+function home() {
+  return ctx.me && ctx.me.role === "viewer" ? "#/history" : "#/run";
+}
 
 // ---- routing ------------------------------------------------------------------------------
 
@@ -123,8 +154,8 @@ async function route() {
   if (authState === "out") return;
   let hash = location.hash;
   if (!hash || hash === "#" || hash === "#/" || hash.startsWith("#/login")) {
-    history.replaceState(null, "", "#/run");
-    hash = "#/run";
+    hash = home();
+    history.replaceState(null, "", hash);
   }
   const found = ROUTES.map((r) => [r, r.re.exec(hash)]).find(([, m]) => m);
   unmountCurrent();
@@ -162,7 +193,9 @@ let focusOnRoute = false; // not on first load: the page should not jump to a he
 function loginLinkError() {
   const m = /^#\/login\?(.*)$/.exec(location.hash);
   const error = m ? new URLSearchParams(m[1]).get("error") : null;
-  return error === "invalid-token" ? "The token in that login link was not accepted. Paste the admin token below." : error;
+  if (error === "invalid-token") return "The token in that login link was not accepted. Log in below.";
+  if (error === "too-many-attempts") return "Too many failed logins from this address: wait a few minutes, then try again.";
+  return error;
 }
 
 function showLogin() {
@@ -173,11 +206,13 @@ function showLogin() {
   clearError();
   document.body.dataset.auth = "out";
   document.title = "Log in — Fleet";
+  setMe(null);
   current = mountLogin(main, {
     message: loginLinkError(),
-    onSuccess: () => {
+    onSuccess: (me) => {
       authState = "in";
       document.body.dataset.auth = "in";
+      setMe(me);
       current = null;
       route();
     },
@@ -201,7 +236,7 @@ window.addEventListener("hashchange", route);
 
 async function start() {
   try {
-    await get("/api/me", { auth: false });
+    setMe(await get("/api/me", { auth: false }));
   } catch (err) {
     if (err.status === 401) { showLogin(); return; }
     // Unreachable server: show why, and still try the page (its own calls report errors).

@@ -70,10 +70,12 @@ class Unreachable(ClientError):
 
 
 class TokenRefused(ClientError):
-    """The server answered 401/403."""
+    """The server answered 401 (no valid token) or 403 (the token's user may not do that)."""
 
-    def __init__(self) -> None:
-        super().__init__("the token was refused by the server (check --token / FLEET_TOKEN)")
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(
+            detail or "the token was refused by the server (check --token / FLEET_TOKEN)"
+        )
 
 
 class UsageError(ClientError):
@@ -205,7 +207,9 @@ class FleetClient:
         target = self._prefix + path
         if query:
             target += "?" + urllib.parse.urlencode(query)
-        all_headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+        all_headers = {"Accept": "application/json"}
+        if self._token:  # ``fleet login`` has none yet
+            all_headers["Authorization"] = f"Bearer {self._token}"
         payload = None
         if body is not None:
             payload = json.dumps(body).encode()
@@ -338,16 +342,27 @@ def check(response: Response) -> None:
     """Raise the error a non-2xx ``response`` stands for."""
     if response.status < 300:
         return
-    if response.status in (401, 403):
-        raise TokenRefused()
     try:
         payload = json.loads(response.body)
     except ValueError:
         payload = None
+    if response.status == 401:
+        raise TokenRefused()
+    if response.status == 403:
+        detail = payload.get("detail") if isinstance(payload, dict) else None
+        raise TokenRefused(f"refused: {_one_line(detail)}" if detail else None)
     if isinstance(payload, dict) and "error" in payload:
         raise ApiError(response.status, str(payload["error"]), payload.get("detail"))
     text = response.body[:200].decode("utf-8", "replace").strip()
     raise ApiError(response.status, f"http_{response.status}", text or f"HTTP {response.status}")
+
+
+def _one_line(detail: Any) -> str:
+    if isinstance(detail, dict):
+        reason = detail.get("reason", "")
+        ids = detail.get("vps_ids")
+        return f"{reason}: VPS {', '.join(map(str, ids))}" if ids else str(reason or detail)
+    return " ".join(str(detail).split())
 
 
 def _q(part: str) -> str:

@@ -3,7 +3,8 @@
 ``main`` parses the flags and runs the command in ``trio.run``. The package, lowest first:
 ``client`` (REST calls, the error tree, exit codes), ``watch`` (one batch's live feed),
 ``console`` (what is printed), ``settings`` and ``args`` (flags), ``follow`` (watching a batch to
-its end), then one module per command group: ``run``, ``vps``, ``scripts``, ``batches``. None of
+its end), then one module per command group: ``run``, ``vps``, ``scripts``, ``batches``,
+``accounts`` (login, users, tokens, audit). None of
 them imports ``fleet.server``: the CLI ships in the light base install.
 """
 
@@ -18,7 +19,7 @@ import trio
 
 import fleet
 
-from . import batches, run, scripts, vps
+from . import accounts, batches, run, scripts, vps
 from .args import FORMATTER, CommandTree
 from .client import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SERVER, EXIT_USAGE, ClientError, FleetClient
 from .console import print_error
@@ -29,7 +30,8 @@ __all__ = ["main"]
 EPILOG = """\
 settings: --url / FLEET_URL is the server (http://HOST:PORT, as printed by fleet-server);
   --token / FLEET_TOKEN, or --token-file / FLEET_TOKEN_FILE, is the API token (the server keeps
-  it in <data-dir>/admin.token). Flags win over the environment.
+  the admin's in <data-dir>/admin.token); without one, the token `fleet login` stored for that
+  server ($XDG_CONFIG_HOME/fleet/credentials.json, mode 0600). Flags win over the environment.
 
 exit codes:
   0    success (fleet run: every VPS succeeded)
@@ -56,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"fleet {fleet.__version__}")
     tree = CommandTree(p, common)
-    for group in (run, vps, scripts, batches):
+    for group in (run, vps, scripts, batches, accounts):
         group.add_commands(tree)
     return p
 
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="replace")  # type: ignore[union-attr]
     client: FleetClient | None = None
     try:
-        settings = settings_from(args, dict(os.environ))
+        need_token = getattr(args, "need_token", True)
+        settings = settings_from(args, dict(os.environ), need_token=need_token)
         client = FleetClient(settings.url, settings.token, ssl_context=tls_context(settings))
         code: int = trio.run(args.func, client, args)
         return code

@@ -7,6 +7,14 @@ and decisions come out as values (h11's "bring your own I/O").
 
 from __future__ import annotations
 
+from ._accounts import AUDIT_ACTIONS as AUDIT_ACTIONS
+from ._accounts import MAX_PASSWORD as MAX_PASSWORD
+from ._accounts import MIN_PASSWORD as MIN_PASSWORD
+from ._accounts import Role as Role
+from ._accounts import parse_timestamp as parse_timestamp
+from ._accounts import validate_login_body as validate_login_body
+from ._accounts import validate_token_body as validate_token_body
+from ._accounts import validate_user_body as validate_user_body
 from ._batch import BATCH_TRANSITIONS as BATCH_TRANSITIONS
 from ._batch import Batch as Batch
 from ._batch import final_status as final_status
@@ -91,6 +99,7 @@ from ._task import AgentReport as AgentReport
 from ._task import ChildTask as ChildTask
 
 __all__ = [
+    "AUDIT_ACTIONS",
     "BATCH_TRANSITIONS",
     "CHILD_TRANSITIONS",
     "CONCURRENCY_PERCENT_PATTERN",
@@ -107,6 +116,7 @@ __all__ = [
     "MAX_NAME",
     "MAX_PARAMETERS",
     "MAX_PARAM_PATTERN",
+    "MAX_PASSWORD",
     "MAX_PATH",
     "MAX_TAG",
     "MAX_TAGS",
@@ -114,6 +124,7 @@ __all__ = [
     "MAX_TIMEOUT_S",
     "MAX_VALUE_BYTES",
     "MAX_WAIT_FOR_AGENT_S",
+    "MIN_PASSWORD",
     "NAME_PATTERN",
     "PARAM_NAME_PATTERN",
     "STREAMS",
@@ -149,6 +160,7 @@ __all__ = [
     "ParamSpec",
     "Reconciled",
     "Rejected",
+    "Role",
     "Rollout",
     "SendCommand",
     "SendTerminate",
@@ -167,10 +179,14 @@ __all__ = [
     "param_environment",
     "parse_id",
     "parse_limit",
+    "parse_timestamp",
     "resolve_limit",
     "validate_batch_request",
     "validate_declarations",
+    "validate_login_body",
     "validate_script_body",
+    "validate_token_body",
+    "validate_user_body",
     "validate_values",
     "validate_vps_body",
 ]

@@ -101,6 +101,9 @@ class ServerConfig:
     node_name: str | None = None
     #: How long a node's lease lasts without renewal; then a live node adopts its batches.
     node_lease_s: float = 10.0
+    #: argon2id cost of password hashes (OWASP's floor is 19 MiB and 2 passes).
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
 
     def __post_init__(self) -> None:
         self.http_endpoint  # noqa: B018 - validates
@@ -139,6 +142,8 @@ class ServerConfig:
             raise ConfigError(f"log level: unknown {self.log_level!r}")
         if self.log_format not in FORMATS:
             raise ConfigError(f"--log-format: expected text or json, got {self.log_format!r}")
+        if not (1 <= self.argon2_time_cost <= 100 and 8 <= self.argon2_memory_kib <= 4 << 20):
+            raise ConfigError("argon2: time cost 1-100, memory 8 KiB - 4 GiB")
         if not 0 <= self.demo <= 1000:
             raise ConfigError("--demo: between 0 and 1000 agents")
         if self.db_url is not None and not self.db_url.startswith(
@@ -208,5 +213,7 @@ class ServerConfig:
             handshake_timeout_s=5.0,
             flush_interval_s=0.02,
             shutdown_grace_s=2.0,
+            argon2_time_cost=1,
+            argon2_memory_kib=1024,
         )
         return base.replace(**changes)

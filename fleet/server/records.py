@@ -8,15 +8,19 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final
 
-from fleet.core import BatchStatus, ChildStatus
+from fleet.core import BatchStatus, ChildStatus, Role
 
 __all__ = [
     "UNSET",
+    "AuditNote",
+    "AuditRecord",
     "BatchRecord",
     "BatchUpdate",
     "ChildRecord",
     "ChildUpdate",
     "ScriptRecord",
+    "TokenRecord",
+    "UserRecord",
     "VpsRecord",
 ]
 
@@ -146,3 +150,60 @@ class BatchUpdate:
     updated_at: datetime | None = None
     completed_at: datetime | None = None
     stop_reason: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UserRecord:
+    """A user. ``has_password`` is false for the built-in ``admin`` until one is set."""
+
+    id: int
+    username: str
+    role: Role
+    allowed_tags: tuple[str, ...]
+    has_password: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A personal API token (never its secret: only a digest is stored)."""
+
+    id: int
+    name: str
+    user_id: int
+    username: str
+    created_at: datetime
+    expires_at: datetime | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditNote:
+    """An audit entry to write in the same transaction as the change it records.
+
+    ``target_id`` may be left ``None`` for a creation: the store fills in the new row's id.
+    ``details`` never holds a password, token, agent secret or secret parameter.
+    """
+
+    actor: str
+    action: str
+    source_ip: str | None
+    target_type: str | None = None
+    target_id: str | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    outcome: str = "success"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One audit log entry as ``GET /api/audit`` shows it."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target_type: str | None
+    target_id: str | None
+    details: dict[str, Any]
+    source_ip: str | None
+    outcome: str

@@ -40,7 +40,9 @@ from .health import StoreHealth, watch_store_file
 from .http.app import create_app
 from .http.common import Services
 from .http.feed import FeedHub
+from .logins import LoginThrottle
 from .metrics import LiveState, ServerMetrics, serve_metrics
+from .passwords import Passwords
 from .store import Store
 from .supervisor import Supervisor
 from .writeback import WriteBack
@@ -68,14 +70,20 @@ class Endpoints:
 
 
 async def _admin_token(db: DbThread, data_dir: Path) -> str | None:
-    """Create the admin token at first start; return the plaintext when it is on disk."""
+    """Create the admin token at first start; return the plaintext when it is on disk.
+
+    The token belongs to the built-in ``admin`` user (made here when the store has no user; a
+    store from before teams gets it too, owning its existing tokens): it acts as that user,
+    through a bearer header or the login URL (which exchanges it for a session).
+    """
     path = data_dir / "admin.token"
+    admin = await db.run(Store.ensure_admin)
     if not await db.run(Store.has_tokens):
         token = new_secret()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(token + "\n")
-        await db.run(Store.add_token, "admin", hash_secret(token))
+        await db.run(Store.add_token, "admin", hash_secret(token), user_id=admin.id, builtin=True)
         logger.info("created the admin API token in %s", path)
         return token
     try:
@@ -184,7 +192,10 @@ async def _serve(
             registry=registry,
             supervisor=supervisor,
             hub=hub,
-            token_hashes=set(await db.run(Store.token_hashes)),
+            passwords=Passwords(
+                time_cost=config.argon2_time_cost, memory_kib=config.argon2_memory_kib
+            ),
+            throttle=LoginThrottle(clock=trio.current_time),
             health=health,
             cluster=cluster,
         )

@@ -97,6 +97,7 @@ def batch_summary_view(b: BatchRecord) -> dict[str, Any]:
         "execution_alias": b.execution_alias,
         "command_type": b.command_type,
         "command_content": b.command_content[:500],
+        "created_by": b.user_id,
         "created_at": iso(b.created_at),
         "updated_at": iso(b.updated_at),
         "completed_at": iso(b.completed_at),

@@ -108,6 +108,7 @@ def test_login_form_rejects_a_bad_token_and_accepts_the_admin_token(session: Ses
     page.goto(session.server.origin + "/")
     expect(page.get_by_test_id("login-form")).to_be_visible()
     expect(page.get_by_test_id("login-error")).to_be_hidden()
+    page.get_by_test_id("login-use-token").click()
     page.get_by_test_id("login-token").fill("not-the-token")
     page.get_by_test_id("login-submit").click()
     expect(page.get_by_test_id("login-error")).to_be_visible()

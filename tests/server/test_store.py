@@ -129,11 +129,13 @@ def test_several_stores_in_one_process(tmp_path: Path) -> None:
 
 def test_tokens(store: Store) -> None:
     assert not store.has_tokens()
-    assert store.token_hashes() == []
-    store.add_token("admin", "hash-1")
-    store.add_token("ci", "hash-2")
+    admin = store.ensure_admin()
+    store.add_token("admin", "hash-1", user_id=admin.id)
+    store.add_token("ci", "hash-2", user_id=admin.id)
     assert store.has_tokens()
-    assert sorted(store.token_hashes()) == ["hash-1", "hash-2"]
+    assert [t.name for t in store.list_tokens(admin.id)] == ["admin", "ci"]
+    assert store.token_user("hash-1", T0) == admin
+    assert store.token_user("hash-3", T0) is None
 
 
 # -- VPSes ---------------------------------------------------------------------------------

@@ -256,11 +256,11 @@ class BatchView {
     e.feed = h("span", { class: "feed-status", testid: "feed-status", attrs: { role: "status" } });
     e.retry = h("button", { type: "button", class: "btn btn-small btn-quiet", testid: "feed-retry", hidden: true, on: { click: () => this.feed.retryNow() } }, "Reconnect now");
     e.terminateAll = h("button", {
-      type: "button", class: "btn btn-danger", testid: "terminate-all", disabled: true,
+      type: "button", class: "btn btn-danger needs-operator", testid: "terminate-all", disabled: true,
       on: { click: () => this.terminateAll() },
     }, "Terminate all");
-    e.runAgain = h("button", { type: "button", class: "btn", testid: "run-again", disabled: true, on: { click: () => this.runAgain() } }, "Run again…");
-    e.rerun = h("button", { type: "button", class: "btn", testid: "rerun-not-succeeded", hidden: true, on: { click: () => this.rerun() } }, "Re-run not succeeded");
+    e.runAgain = h("button", { type: "button", class: "btn needs-operator", testid: "run-again", disabled: true, on: { click: () => this.runAgain() } }, "Run again…");
+    e.rerun = h("button", { type: "button", class: "btn needs-operator", testid: "rerun-not-succeeded", hidden: true, on: { click: () => this.rerun() } }, "Re-run not succeeded");
     e.rollout = h("p", { class: "rollout muted", testid: "rollout-summary", hidden: true });
     e.stopReason = h("p", { class: "stop-reason warning", testid: "stop-reason", hidden: true, attrs: { role: "status" } });
     e.rerunOf = h("p", { class: "muted small", testid: "rerun-of", hidden: true });
@@ -343,6 +343,7 @@ class BatchView {
       const rows = [
         ["Batch", String(b.batch_command_id ?? this.id)],
         ["Started", fmtTime(b.created_at), fmtFull(b.created_at)],
+        b.created_by ? ["By", b.created_by] : null,
         ["Targets", plural(this.panels.size, "VPS", "VPSes")],
         ["Type", b.command_type === "SAVED_SCRIPT" ? `saved script${b.script_id != null ? ` #${b.script_id}` : ""}` : "command"],
         b.working_directory ? ["Working directory", b.working_directory] : null,

@@ -49,6 +49,7 @@ class HistoryView {
             h("thead", {}, h("tr", {},
               h("th", { scope: "col" }, "Batch"), h("th", { scope: "col" }, "Command"), h("th", { scope: "col" }, "Status"),
               h("th", { scope: "col" }, "Results"), h("th", { scope: "col" }, "Targets"), h("th", { scope: "col" }, "Started"),
+              h("th", { scope: "col" }, "By"),
               h("th", { scope: "col" }, "Duration"))),
             e.tbody)),
         e.empty));
@@ -102,6 +103,7 @@ class HistoryView {
         h("td", { class: "results" }, summarise(b.counts).map((p) => h("span", { class: `result g-${p.key}` }, p.text))),
         h("td", { class: "num" }, String(b.target_count ?? "")),
         h("td", { title: fmtFull(b.created_at) }, fmtTime(b.created_at), h("span", { class: "muted small" }, ` · ${fmtAgo(b.created_at, now)}`)),
+        h("td", { testid: `history-by-${id}` }, b.created_by || ""),
         h("td", { class: "num" }, start === null ? "" : end === null ? "running" : fmtDuration(end - start)));
       return tr;
     }));

@@ -261,7 +261,7 @@ export class TaskPanel {
       attrs: { "aria-label": `Download ${stream} of ${n}` },
     }, `↓ ${stream}`);
     e.terminate = h("button", {
-      type: "button", class: "btn btn-small btn-danger-quiet", testid: `terminate-${n}`,
+      type: "button", class: "btn btn-small btn-danger-quiet needs-operator", testid: `terminate-${n}`,
       attrs: { "aria-label": `Terminate the command on ${n}` },
       on: { click: () => this.opts.onTerminate(this) },
     }, "Terminate");

@@ -102,7 +102,7 @@ class RunView {
     e.maxErrors = h("input", { type: "text", class: "input", testid: "max-errors-input", value: draft.maxErrors, placeholder: "no limit", inputMode: "numeric", on: { input: () => this.saveDraft() } });
     e.waitForAgent = h("input", { type: "number", class: "input", testid: "wait-for-agent-input", value: draft.waitForAgent, min: 0, max: 604800, step: 1, placeholder: "0", on: { input: () => this.saveDraft() } });
     e.params = h("div", { class: "params", testid: "params-form", hidden: true });
-    e.run = h("button", { type: "submit", class: "btn btn-primary", testid: "run-button" }, "Run");
+    e.run = h("button", { type: "submit", class: "btn btn-primary needs-operator", testid: "run-button" }, "Run");
 
     const form = h("form", {
       class: "run-form", testid: "run-form", noValidate: true,

@@ -33,9 +33,9 @@ class ScriptsView {
     });
     e.heading = h("h2", { id: "editor-h", testid: "script-editor-title" });
     e.meta = h("p", { class: "muted small" });
-    e.save = h("button", { type: "submit", class: "btn btn-primary", testid: "script-save" }, "Save");
-    e.run = h("button", { type: "button", class: "btn", testid: "script-run", on: { click: () => this.runIt() } }, "Run this script…");
-    e.remove = h("button", { type: "button", class: "btn btn-danger-quiet", testid: "script-delete", on: { click: () => this.remove() } }, "Delete");
+    e.save = h("button", { type: "submit", class: "btn btn-primary needs-operator", testid: "script-save" }, "Save");
+    e.run = h("button", { type: "button", class: "btn needs-operator", testid: "script-run", on: { click: () => this.runIt() } }, "Run this script…");
+    e.remove = h("button", { type: "button", class: "btn btn-danger-quiet needs-operator", testid: "script-delete", on: { click: () => this.remove() } }, "Delete");
     e.form = h("form", {
       class: "card script-editor", testid: "script-form", noValidate: true,
       attrs: { "aria-labelledby": "editor-h" },
@@ -52,7 +52,7 @@ class ScriptsView {
     h("div", { class: "actions" }, e.save, e.run, h("span", { class: "spacer" }), e.remove));
     replaceChildren(root,
       h("div", { class: "page-head" }, h("h1", { tabIndex: -1 }, "Saved scripts"), h("span", { class: "spacer" }),
-        h("button", { type: "button", class: "btn", testid: "script-new", on: { click: () => this.select(null) } }, "New script")),
+        h("button", { type: "button", class: "btn needs-operator", testid: "script-new", on: { click: () => this.select(null) } }, "New script")),
       h("div", { class: "scripts-layout" },
         h("nav", { class: "card card-flush", attrs: { "aria-label": "Saved scripts" } }, e.list), e.form));
   }

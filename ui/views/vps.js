@@ -52,7 +52,7 @@ class VpsView {
     replaceChildren(root,
       h("div", { class: "page-head" }, h("h1", { tabIndex: -1 }, "Machines")),
       h("form", {
-        class: "card", testid: "vps-add-form", noValidate: true,
+        class: "card needs-admin", testid: "vps-add-form", noValidate: true,
         on: { submit: (ev) => { ev.preventDefault(); this.add(); } },
       },
       h("h2", {}, "Add a VPS"),
@@ -98,7 +98,7 @@ class VpsView {
       h("td", { class: "muted" }, v.agent_version || "—"),
       h("td", { class: "muted", title: fmtFull(v.last_seen_at) }, v.online ? "now" : fmtAgo(v.last_seen_at)),
       h("td", {}, h("button", {
-        type: "button", class: "btn btn-small btn-danger-quiet", testid: `vps-delete-${v.id}`,
+        type: "button", class: "btn btn-small btn-danger-quiet needs-admin", testid: `vps-delete-${v.id}`,
         attrs: { "aria-label": `Remove ${v.name}` }, on: { click: () => this.remove(v) },
       }, "Remove")))));
   }

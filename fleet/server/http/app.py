@@ -1,10 +1,11 @@
 """The HTTP application: ``create_app`` builds it with its middleware, error handlers and routes.
 
-Every route needs a token (``Authorization: Bearer …`` or the UI's HttpOnly cookie) except the
-UI's static files, ``/api/login`` and the OpenAPI document. A request the cookie authenticates
-must also pass ``csrf`` when it changes anything. Errors are always
-``{"error": CODE, "detail": …}``; nothing answers a traceback, and bad input never a 500: a
-405 carries ``Allow``, a body slower than 30 s (``body_timeout_s``) is a 408, and request text
+Before any handler runs, the caller is authenticated (``auth``: a bearer token or the UI's
+session cookie) and the route's access rule applied (``policy.RULES``: public, signed in, or a
+role); handlers then narrow what they show or touch to the caller's scope through ``policy``.
+A request the cookie authenticates must also pass ``csrf`` when it changes anything. Errors are
+always ``{"error": CODE, "detail": …}``; nothing answers a traceback, and bad input never a 500:
+a 405 carries ``Allow``, a body slower than 30 s (``body_timeout_s``) is a 408, and request text
 reaches the log only through ``%r``.
 """
 
@@ -13,15 +14,24 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from quart import Response, has_request_context, has_websocket_context, request, websocket
+from quart import Response, g, has_request_context, has_websocket_context, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from fleet import core
 from fleet.server.health import storage_fault
 
-from . import routes_batches, routes_scripts, routes_ui, routes_vps
-from .auth import presented_token, token_ok
+from . import (
+    policy,
+    routes_accounts,
+    routes_audit,
+    routes_batches,
+    routes_scripts,
+    routes_session,
+    routes_ui,
+    routes_vps,
+)
+from .auth import authenticate
 from .common import ApiError, Services, error_response
 from .csrf import check_cookie_websocket, check_cookie_write
 
@@ -30,7 +40,6 @@ __all__ = ["create_app"]
 logger = logging.getLogger(__name__)
 
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
-_PUBLIC = ("/api/login", "/api/openapi.json", "/favicon.ico")
 _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
@@ -52,6 +61,44 @@ def create_app(services: Services) -> QuartTrio:
         PROVIDE_AUTOMATIC_OPTIONS=True,
     )
 
+    async def _admit(method: str, rule: str | None, *, ws: bool) -> Response | None:
+        """Authenticate the caller, apply the route's access rule (``policy.RULES``) and, for
+        the session cookie, the CSRF rules (``csrf``)."""
+        req = websocket if ws else request
+        public_url = services.config.public_url
+        try:
+            # Browsers send cookies with cross-site WebSocket handshakes as far as SameSite
+            # allows: any handshake that names an Origin must come from this very origin.
+            if ws and "Origin" in req.headers:
+                check_cookie_websocket(req, public_url=public_url)
+            principal = await authenticate(services, req.headers, req.cookies)
+            g.principal = principal
+            if rule is None:  # no route matched: the API still needs a caller for its 404/405
+                if principal is None and req.path.startswith("/api/"):
+                    raise ApiError(401, "unauthorized", "a valid API token is required")
+                return None
+            found = policy.rule_for(method, rule, websocket=ws)
+            if found is not None and found.access is policy.Access.PUBLIC:
+                # A browser's write to a public route (a login) must not come from another
+                # page either: no logging a victim in to someone else's account.
+                if not ws and req.path.startswith("/api/") and "Origin" in req.headers:
+                    check_cookie_write(request, public_url=public_url)
+                return None
+            policy.check_route(principal, method, rule, websocket=ws)
+            assert principal is not None
+            if principal.via == "session":
+                # Authenticated by the cookie: refuse what another page could have sent
+                # (csrf explains why). Bearer requests need no such check.
+                if ws:
+                    check_cookie_websocket(req, public_url=public_url)
+                else:
+                    check_cookie_write(request, public_url=public_url)
+        except ApiError as exc:
+            return error_response(exc.status, exc.code, exc.detail)
+        if not ws and method not in _READS:
+            services.health.check_writable()  # a lost store file: 503 before any work
+        return None
+
     @app.before_request
     async def _receive_body() -> None:
         # Read the whole body (≤ MAX_CONTENT_LENGTH, within BODY_TIMEOUT: 413, 408) before any
@@ -63,40 +110,13 @@ def create_app(services: Services) -> QuartTrio:
 
     @app.before_request
     async def _authenticate() -> Response | None:
-        path = request.path
-        if not path.startswith("/api/"):
-            return None
-        if path in _PUBLIC:
-            # A browser's write to a public route (a login) must not come from another page
-            # either: no logging a victim in to someone else's account. Clients send no Origin.
-            if "Origin" in request.headers:
-                check_cookie_write(request, public_url=services.config.public_url)
-            return None
-        if token_ok(services, presented_token(request.headers, request.cookies)):
-            if not _has_bearer(request.headers):
-                # Authenticated by the session cookie: refuse what another page could have
-                # sent (csrf explains why). Bearer requests need no such check.
-                check_cookie_write(request, public_url=services.config.public_url)
-            if request.method not in _READS:
-                services.health.check_writable()  # a lost store file: 503 before any work
-            return None
-        return error_response(401, "unauthorized", "a valid API token is required")
+        rule = request.url_rule.rule if request.url_rule is not None else None
+        return await _admit(request.method, rule, ws=False)
 
     @app.before_websocket
     async def _authenticate_ws() -> Response | None:
-        # Browsers send cookies with cross-site WebSocket handshakes as far as SameSite allows:
-        # a cookie-authenticated handshake must come from this very origin, scheme included,
-        # and so must any handshake that names an Origin (clients that are not browsers don't).
-        try:
-            if "Origin" in websocket.headers:
-                check_cookie_websocket(websocket, public_url=services.config.public_url)
-            if token_ok(services, presented_token(websocket.headers, websocket.cookies)):
-                if not _has_bearer(websocket.headers):  # the cookie: a browser, Origin required
-                    check_cookie_websocket(websocket, public_url=services.config.public_url)
-                return None
-        except ApiError as exc:
-            return error_response(exc.status, exc.code, exc.detail)
-        return error_response(401, "unauthorized", "a valid API token is required")
+        rule = websocket.url_rule.rule if websocket.url_rule is not None else None
+        return await _admit("GET", rule, ws=True)
 
     @app.after_request
     async def _headers(response: Response) -> Response:
@@ -148,6 +168,14 @@ def create_app(services: Services) -> QuartTrio:
         logger.exception("unexpected error on %s %r", method, path)
         return error_response(500, "internal_error", "unexpected server error (see the log)")
 
-    for routes in (routes_ui, routes_vps, routes_scripts, routes_batches):
+    for routes in (
+        routes_ui,
+        routes_session,
+        routes_accounts,
+        routes_audit,
+        routes_vps,
+        routes_scripts,
+        routes_batches,
+    ):
         routes.register(app, services)
     return app

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import trio
 from quart import Response, request, websocket
 
 from fleet import core
@@ -19,6 +20,8 @@ from fleet.server.cluster import ClusterNode
 from fleet.server.config import ServerConfig
 from fleet.server.dbthread import DbThread
 from fleet.server.health import StoreHealth
+from fleet.server.logins import LoginThrottle
+from fleet.server.passwords import Passwords
 from fleet.server.reports import valid_command_id
 from fleet.server.supervisor import Supervisor
 
@@ -58,7 +61,8 @@ class Services:
     registry: AgentRegistry
     supervisor: Supervisor
     hub: FeedHub
-    token_hashes: set[str] = field(default_factory=set)
+    passwords: Passwords = field(default_factory=Passwords)
+    throttle: LoginThrottle = field(default_factory=lambda: LoginThrottle(clock=trio.current_time))
     grpc_address: str = ""
     health: StoreHealth = field(default_factory=StoreHealth)
     #: This node's cluster membership (``--cluster``), else None.

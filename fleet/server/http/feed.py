@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,7 +27,10 @@ class Overrun(Exception):
 class Subscription:
     """One subscriber's queue of encoded events."""
 
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(
+        self, limit_bytes: int, accept: Callable[[dict[str, Any]], bool] | None = None
+    ) -> None:
+        self.accept = accept
         self._items: collections.deque[str] = collections.deque()
         self._bytes = 0
         self._limit = limit_bytes
@@ -71,8 +74,11 @@ class FeedHub:
         self._limit = limit_bytes
 
     @contextmanager
-    def subscribe(self, topic: str) -> Iterator[Subscription]:
-        sub = Subscription(self._limit)
+    def subscribe(
+        self, topic: str, *, accept: Callable[[dict[str, Any]], bool] | None = None
+    ) -> Iterator[Subscription]:
+        """A subscription to ``topic``; ``accept`` (if given) picks the events it receives."""
+        sub = Subscription(self._limit, accept)
         self._topics.setdefault(topic, set()).add(sub)
         try:
             yield sub
@@ -96,4 +102,5 @@ class FeedHub:
             return
         text = json.dumps(event, separators=(",", ":"))
         for sub in subs:
-            sub.put(text)
+            if sub.accept is None or sub.accept(event):
+                sub.put(text)

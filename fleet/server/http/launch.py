@@ -17,7 +17,10 @@ from typing import Any
 from fleet import core
 from fleet.server.store import BatchOptions, BatchRecord, Store
 
+from . import policy
+from .auth import audit_note
 from .common import Services
+from .policy import Principal
 
 __all__ = ["RERUN_ONLY", "create_from_body", "rerun"]
 
@@ -43,15 +46,48 @@ class Launch:
     secrets: Mapping[str, str]
 
 
-async def launch(services: Services, new: Launch) -> BatchRecord:
+#: The command text kept in a ``batch.create`` audit entry (the batch itself keeps all of it).
+_AUDIT_COMMAND = 4096
+
+
+def _audit_details(new: Launch, batch_id: str) -> dict[str, Any]:
+    """What ``batch.create`` / ``batch.rerun`` record: the command and its targets, the rollout
+    options and the parameter *names* (never a value: secret ones are never written)."""
+    options = new.options
+    details: dict[str, Any] = {
+        "target_vps_ids": [vps_id for vps_id, _ in new.targets],
+        "working_directory": new.working_directory,
+        "execution_alias": new.execution_alias,
+        "timeout_seconds": new.timeout_seconds,
+        "max_concurrency": options.max_concurrency,
+        "max_errors": options.max_errors,
+        "wait_for_agent_seconds": options.wait_for_agent_seconds,
+        "target_tags": list(options.target_tags or ()),
+        "parameter_names": sorted(options.parameters or {}),
+        "rerun_of": options.rerun_of,
+    }
+    if new.script_id is not None:
+        details["script_id"] = new.script_id
+    else:
+        cut = len(new.command_content) > _AUDIT_COMMAND
+        details["command"] = new.command_content[:_AUDIT_COMMAND] + ("…" if cut else "")
+    return {k: v for k, v in details.items() if v not in (None, [], "")}
+
+
+async def launch(services: Services, new: Launch, principal: Principal) -> BatchRecord:
+    """Store the batch (created by ``principal``, audited in the same transaction) and run it."""
     batch_id = str(uuid.uuid4())
     targets = [(str(uuid.uuid4()), vps_id, name) for vps_id, name in new.targets]
+    action = "batch.rerun" if new.options.rerun_of else "batch.create"
+    note = audit_note(
+        action, target_type="batch", target_id=batch_id, details=_audit_details(new, batch_id)
+    )
     record = await services.db.run(
         Store.create_batch,
         batch_id=batch_id,
         payload=new.payload,
         execution_alias=new.execution_alias,
-        user_id="admin",
+        user_id=principal.username,
         command_type=new.command_type,
         command_content=new.command_content,
         script_id=new.script_id,
@@ -62,6 +98,7 @@ async def launch(services: Services, new: Launch) -> BatchRecord:
         now=datetime.now(UTC),
         options=new.options,
         owner_node=None if services.cluster is None else services.cluster.name,
+        audit=note,
     )
     services.supervisor.submit(record, secrets=new.secrets)
     logger.info(
@@ -73,11 +110,12 @@ async def launch(services: Services, new: Launch) -> BatchRecord:
     return record
 
 
-async def create_from_body(services: Services, body: Any) -> BatchRecord:
+async def create_from_body(services: Services, body: Any, principal: Principal) -> BatchRecord:
     """``POST /api/batch_commands``: validate everything (every problem named), then launch.
 
     Raises:
         core.ValidationError: the body, a reference, a target tag or a parameter is wrong.
+        ApiError: 403, a target (named or by tag) is outside the caller's allowed tags.
     """
     db = services.db
     req = core.validate_batch_request(body)
@@ -90,8 +128,10 @@ async def create_from_body(services: Services, body: Any) -> BatchRecord:
             script = None
     core.check_references(req, known_vps_ids=known, script_exists=script is not None)
     targets = {v: known[v].name for v in req.target_vps_ids}
+    records = dict(known)
     if req.target_tags:
         tagged = await db.run(Store.vps_with_tags, req.target_tags)
+        records.update(tagged)
         if not tagged and not targets:
             raise core.ValidationError(
                 [{"field": "target_tags", "reason": "no VPS has any of these tags"}]
@@ -102,6 +142,7 @@ async def create_from_body(services: Services, body: Any) -> BatchRecord:
         raise core.ValidationError(
             [{"field": "target_tags", "reason": f"at most {core.MAX_TARGETS} targets per batch"}]
         )
+    policy.check_targets(principal, targets, records)
     declared = None
     if script is not None:
         declared = tuple(core.ParamSpec(**p) for p in script.parameters)
@@ -131,6 +172,7 @@ async def create_from_body(services: Services, body: Any) -> BatchRecord:
             ),
             secrets={name: values[name] for name in secret},
         ),
+        principal,
     )
 
 
@@ -153,7 +195,9 @@ def _rerun_body(body: Any) -> tuple[str, dict[str, str]]:
     return str(only), values
 
 
-async def rerun(services: Services, original: BatchRecord, body: Any) -> BatchRecord:
+async def rerun(
+    services: Services, original: BatchRecord, body: Any, principal: Principal
+) -> BatchRecord:
     """``POST /api/batch_commands/{id}/rerun``: the same command, options and parameters on the
     selected children's VPSes. Secret parameters must be given again (they were not kept).
 
@@ -171,6 +215,7 @@ async def rerun(services: Services, original: BatchRecord, body: Any) -> BatchRe
         )
     existing = await services.db.run(Store.get_vps_many, list(chosen))
     targets = [(vps_id, existing[vps_id].name) for vps_id in chosen if vps_id in existing]
+    policy.check_targets(principal, [vps_id for vps_id, _ in targets], existing)
     if not targets:
         raise core.ValidationError(
             [{"field": "only", "reason": "nothing to re-run: those VPSes were deleted"}]
@@ -217,4 +262,5 @@ async def rerun(services: Services, original: BatchRecord, body: Any) -> BatchRe
             ),
             secrets=given,
         ),
+        principal,
     )

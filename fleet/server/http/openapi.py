@@ -19,7 +19,7 @@ from typing import Any
 import fleet
 from fleet import core
 
-from . import openapi_batches
+from . import openapi_batches, openapi_teams
 from .openapi_parts import (
     CONFLICT,
     NAME,
@@ -46,32 +46,8 @@ def _error_section() -> Section:
     return {"Error": error}, {}
 
 
-def _session_section() -> Section:
-    schemas: dict[str, Schema] = {
-        "Login": {
-            "type": "object",
-            "required": ["token"],
-            "properties": {"token": {"type": "string"}},
-            "additionalProperties": False,
-        },
-        "Me": {
-            "type": "object",
-            "required": ["authenticated", "version"],
-            "properties": {"authenticated": {"type": "boolean"}, "version": {"type": "string"}},
-        },
-    }
+def _document_section() -> Section:
     paths: dict[str, Schema] = {
-        "/api/login": {
-            "post": op(
-                "Log in (sets the UI's session cookie)",
-                NO_BODY | {"401": json_content(ref("Error"), "That token is not valid")},
-                body=ref("Login"),
-                write=True,
-                public=True,
-            )
-        },
-        "/api/logout": {"post": op("Log out (clears the session cookie)", NO_BODY, write=True)},
-        "/api/me": {"get": op("Who is logged in", {"200": json_content(ref("Me"))})},
         "/api/openapi.json": {
             "get": op(
                 "This document",
@@ -80,7 +56,7 @@ def _session_section() -> Section:
             )
         },
     }
-    return schemas, paths
+    return {}, paths
 
 
 def _vps_section() -> Section:
@@ -269,7 +245,8 @@ def _script_section() -> Section:
 #: The document's sections, in order. Add new nouns here.
 SECTIONS: list[Callable[[], Section]] = [
     _error_section,
-    _session_section,
+    _document_section,
+    openapi_teams.section,
     _vps_section,
     _script_section,
     openapi_batches.section,

@@ -17,6 +17,8 @@ from fleet.core import STREAMS
 from fleet.server.store import BatchRecord, Store
 from fleet.server.views import batch_summary_view, batch_view
 
+from . import policy
+from .auth import audit_note, current
 from .common import (
     ApiError,
     Services,
@@ -38,9 +40,12 @@ def register(app: QuartTrio, services: Services) -> None:
     supervisor = services.supervisor
 
     async def load(batch_id: str) -> BatchRecord:
+        """The batch, if the caller may see it (else NotFound)."""
         batch_id = command_path_id(batch_id, "batch")
         run = supervisor.get(batch_id)
-        return run.snapshot() if run is not None else await db.run(Store.get_batch, batch_id)
+        record = run.snapshot() if run is not None else await db.run(Store.get_batch, batch_id)
+        await policy.check_batch(services, current(), batch_id, [c.vps_id for c in record.children])
+        return record
 
     def accepted(record: BatchRecord) -> Response:
         n = len(record.children)
@@ -55,7 +60,7 @@ def register(app: QuartTrio, services: Services) -> None:
 
     @app.post("/api/batch_commands")
     async def create_batch() -> Response:
-        return accepted(await create_from_body(services, await json_body()))
+        return accepted(await create_from_body(services, await json_body(), current()))
 
     @app.post("/api/batch_commands/<batch_id>/rerun")
     async def rerun_batch(batch_id: str) -> Response:
@@ -68,7 +73,7 @@ def register(app: QuartTrio, services: Services) -> None:
                 f"batch {batch_id} is still running ({original.status.value}): "
                 "re-run it once it has finished",
             )
-        return accepted(await rerun(services, original, body))
+        return accepted(await rerun(services, original, body, current()))
 
     @app.get("/api/batch_commands")
     async def list_batches() -> Response:
@@ -77,7 +82,10 @@ def register(app: QuartTrio, services: Services) -> None:
         # Taken before the store is read: a batch that finishes meanwhile leaves memory once
         # its final state is committed, which the read may have missed.
         live = {run.id: run for run in supervisor.running()}
-        records, total = await db.run(Store.list_batches, limit=limit, offset=offset)
+        visible = policy.visible_vps_ids(current(), await db.run(Store.list_vps))
+        records, total = await db.run(
+            Store.list_batches, limit=limit, offset=offset, visible_vps=visible
+        )
         items = []
         for record in records:
             run = live.get(record.id)
@@ -93,6 +101,10 @@ def register(app: QuartTrio, services: Services) -> None:
     @app.post("/api/batch_commands/<batch_id>/terminate")
     async def terminate_batch(batch_id: str) -> Response:
         batch_id = command_path_id(batch_id, "batch")
+        await load(batch_id)  # exists and visible
+        await db.run(
+            Store.add_audit, audit_note("batch.terminate", target_type="batch", target_id=batch_id)
+        )
         run = supervisor.get(batch_id)
         if run is not None:
             run.terminate()
@@ -107,6 +119,14 @@ def register(app: QuartTrio, services: Services) -> None:
     async def terminate_child(batch_id: str, child_id: str) -> Response:
         batch_id = command_path_id(batch_id, "batch")
         child_id = command_path_id(child_id, "task")
+        batch = await load(batch_id)
+        if all(c.id != child_id for c in batch.children):
+            raise core.NotFound("task", child_id)
+        note = audit_note(
+            "child.terminate", target_type="child", target_id=child_id,
+            details={"batch_command_id": batch_id},
+        )  # fmt: skip
+        await db.run(Store.add_audit, note)
         run = supervisor.get(batch_id)
         if run is not None and child_id in run.batch.children:
             run.terminate(child_id)
@@ -127,6 +147,7 @@ def register(app: QuartTrio, services: Services) -> None:
         if stream not in STREAMS:
             raise core.ValidationError([{"field": "stream", "reason": "stdout or stderr"}])
         child = await db.run(Store.get_child, batch_id, child_id)
+        await policy.check_batch(services, current(), batch_id)  # the caller may see it
         path = child.stdout_log_path if stream == "stdout" else child.stderr_log_path
         name = f"{child.vps_name}-{child_id[:8]}.{stream}.log"
         if services.cluster is not None:  # any node serves it: the database has the bytes
@@ -150,7 +171,7 @@ def register(app: QuartTrio, services: Services) -> None:
     async def batch_feed(batch_id: str) -> None:
         with services.hub.subscribe(batch_id) as sub:
             try:
-                snapshot = await load(batch_id)
+                snapshot = await load(batch_id)  # unknown, or not visible to the caller
             except core.NotFound:
                 await websocket.accept()
                 await websocket.close(1008, "no such batch")

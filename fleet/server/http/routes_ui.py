@@ -1,18 +1,22 @@
-"""What a browser or a client discovers: the web UI's files, the UI's cookie session (login by
-``/?token=`` or ``POST /api/login``, logout, ``/api/me``) and the OpenAPI document."""
+"""What a browser or a client discovers: the web UI's files, the token login URL (``/?token=``,
+exchanged for a session) and the OpenAPI document."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from quart import Response, request, send_from_directory
 from quart_trio import QuartTrio
 
 import fleet
+from fleet.server.agents import hash_secret
+from fleet.server.store import Store
 
 from . import openapi
-from .auth import COOKIE, set_cookie, token_ok
-from .common import Services, error_response, json_body, json_response
+from .auth import source_ip, start_session
+from .common import Services, json_response
+from .routes_session import login_failed
 
 __all__ = ["register", "ui_dir"]
 
@@ -35,10 +39,18 @@ def register(app: QuartTrio, services: Services) -> None:
     async def index() -> Response:
         token = request.args.get("token")
         if token is not None:
-            if not token_ok(services, token):
+            # The token URL: exchange the token for a session (the cookie never holds it).
+            if services.throttle.retry_after(None, source_ip()) is not None:
+                return _redirect("/#/login?error=too-many-attempts")
+            user = None
+            if 0 < len(token) <= 256:
+                digest, now = hash_secret(token), datetime.now(UTC)
+                user = await services.db.run(Store.token_user, digest, now)
+            if user is None:
+                await login_failed(services, None, "that token is not valid")
                 return _redirect("/#/login?error=invalid-token")
             response = _redirect("/")
-            set_cookie(response, token, secure=services.config.tls)
+            await start_session(services, response, user, method="token_url")
             return response
         response = await send_from_directory(ui, "index.html")
         response.headers["Cache-Control"] = "no-cache"
@@ -53,26 +65,6 @@ def register(app: QuartTrio, services: Services) -> None:
     @app.route("/favicon.ico")
     async def favicon() -> Response:
         return await send_from_directory(ui, "favicon.svg", mimetype="image/svg+xml")
-
-    @app.post("/api/login")
-    async def login() -> Response:
-        body = await json_body()
-        token = body.get("token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token_ok(services, token):
-            return error_response(401, "unauthorized", "that token is not valid")
-        response = Response("", status=204)
-        set_cookie(response, token, secure=services.config.tls)
-        return response
-
-    @app.post("/api/logout")
-    async def logout() -> Response:
-        response = Response("", status=204)
-        response.delete_cookie(COOKIE, path="/")
-        return response
-
-    @app.get("/api/me")
-    async def me() -> Response:
-        return json_response({"authenticated": True, "version": fleet.__version__})
 
     @app.get("/api/openapi.json")
     async def openapi_document() -> Response:

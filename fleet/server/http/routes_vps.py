@@ -20,6 +20,8 @@ from fleet.server.store import Store, VpsRecord
 from fleet.server.supervisor import VPS_TOPIC
 from fleet.server.views import vps_view
 
+from . import policy
+from .auth import audit_note, current
 from .common import Services, json_body, json_response, path_id, pump
 
 __all__ = ["agent_command", "register"]
@@ -47,14 +49,18 @@ def register(app: QuartTrio, services: Services) -> None:
 
     @app.get("/api/vps")
     async def list_vps() -> Response:
+        principal = current()
         records = await db.run(Store.list_vps)
-        return json_response([view(r) for r in records])
+        return json_response([view(r) for r in records if policy.vps_visible(principal, r)])
 
     @app.post("/api/vps")
     async def create_vps() -> Response:
         fields = core.validate_vps_body(await json_body())
         secret = new_secret()
-        record = await db.run(Store.create_vps, fields["name"], fields["tags"], hash_secret(secret))
+        note = audit_note("vps.create", target_type="vps", details=fields)
+        record = await db.run(
+            Store.create_vps, fields["name"], fields["tags"], hash_secret(secret), audit=note
+        )
         services.credentials.set(record.id, hash_secret(secret))
         body = view(record) | {
             "agent_secret": secret,
@@ -65,7 +71,10 @@ def register(app: QuartTrio, services: Services) -> None:
 
     @app.get("/api/vps/<vps_id>")
     async def get_vps(vps_id: str) -> Response:
-        return json_response(view(await db.run(Store.get_vps, path_id(vps_id, "vps"))))
+        record = await db.run(Store.get_vps, path_id(vps_id, "vps"))
+        if not policy.vps_visible(current(), record):
+            raise core.NotFound("vps", record.id)
+        return json_response(view(record))
 
     @app.route("/api/vps/<vps_id>", methods=["PATCH", "PUT"])
     async def update_vps(vps_id: str) -> Response:
@@ -77,7 +86,8 @@ def register(app: QuartTrio, services: Services) -> None:
     @app.delete("/api/vps/<vps_id>")
     async def delete_vps(vps_id: str) -> Response:
         ident = path_id(vps_id, "vps")
-        await db.run(Store.delete_vps, ident)
+        note = audit_note("vps.delete", target_type="vps", target_id=ident)
+        await db.run(Store.delete_vps, ident, audit=note)
         services.credentials.remove(ident)
         services.registry.close(ident, "this VPS was deleted")
         return Response("", status=204)
@@ -86,7 +96,8 @@ def register(app: QuartTrio, services: Services) -> None:
     async def rotate_secret(vps_id: str) -> Response:
         ident = path_id(vps_id, "vps")
         secret = new_secret()
-        await db.run(Store.set_vps_secret, ident, hash_secret(secret))
+        note = audit_note("vps.rotate_secret", target_type="vps", target_id=ident)
+        await db.run(Store.set_vps_secret, ident, hash_secret(secret), audit=note)
         services.credentials.set(ident, hash_secret(secret))
         services.registry.close(ident, "the agent secret was rotated")
         return json_response(
@@ -100,7 +111,12 @@ def register(app: QuartTrio, services: Services) -> None:
 
     @app.websocket("/ws/vps")
     async def vps_feed() -> None:
-        with services.hub.subscribe(VPS_TOPIC) as sub:
+        principal = current()
+        records = await db.run(Store.list_vps)
+        visible = policy.visible_vps_ids(principal, records)
+        accept = None if visible is None else (lambda e: e.get("vps", {}).get("id") in visible)
+        with services.hub.subscribe(VPS_TOPIC, accept=accept) as sub:
             records = await db.run(Store.list_vps)
-            await websocket.send_json({"type": "VPS_SNAPSHOT", "vps": [view(r) for r in records]})
+            shown = [view(r) for r in records if visible is None or r.id in visible]
+            await websocket.send_json({"type": "VPS_SNAPSHOT", "vps": shown})
             await pump(sub)

@@ -14,7 +14,8 @@ Theory of operation:
   (``schema``) and serve the small tables (``inventory``).
 
 Layout: ``schema`` (entities, binding, SQL dialect) < ``base`` (handles, ``db_session``) <
-``inventory`` and ``batches`` (one part of ``Store`` each) < this module (``Store`` = both parts,
+``inventory``, ``batches`` and ``accounts`` (users, sessions, tokens, audit log; one part of
+``Store`` each) < this module (``Store`` = both parts,
 opened on one database). Records and updates are plain dataclasses of ``fleet.server.records``.
 """
 
@@ -27,20 +28,27 @@ from pony import orm
 
 from fleet.server.records import (
     UNSET,
+    AuditNote,
+    AuditRecord,
     BatchRecord,
     BatchUpdate,
     ChildRecord,
     ChildUpdate,
     ScriptRecord,
+    TokenRecord,
+    UserRecord,
     VpsRecord,
 )
 
+from .accounts import AccountStore
 from .batches import BatchOptions, BatchStore
 from .inventory import InventoryStore
-from .schema import add_missing_columns, bind_args, define_entities
+from .schema import add_missing_columns, bind_args, define_entities, protect_audit_log
 
 __all__ = [
     "UNSET",
+    "AuditNote",
+    "AuditRecord",
     "BatchOptions",
     "BatchRecord",
     "BatchUpdate",
@@ -48,11 +56,13 @@ __all__ = [
     "ChildUpdate",
     "ScriptRecord",
     "Store",
+    "TokenRecord",
+    "UserRecord",
     "VpsRecord",
 ]
 
 
-class Store(InventoryStore, BatchStore):
+class Store(InventoryStore, BatchStore, AccountStore):
     """Fleet's database. Open it with ``Store.open``; call it from one thread at a time."""
 
     @classmethod
@@ -87,6 +97,7 @@ class Store(InventoryStore, BatchStore):
                 db.provider.default_schema_name = schema
         add_missing_columns(db)
         db.generate_mapping(create_tables=True)
+        protect_audit_log(db)
         return cls(db, entities)
 
     def close(self) -> None:

@@ -9,8 +9,9 @@ from typing import Any, TypeVar, cast
 from pony import orm
 
 from fleet.core import Conflict, ValidationError
+from fleet.server.records import AuditNote
 
-from .schema import Dialect
+from .schema import Dialect, utcnow
 
 __all__ = ["StoreBase", "chunks", "db_session", "duplicate"]
 
@@ -45,3 +46,22 @@ class StoreBase:
     def _cursor(self) -> Any:
         """A cursor on the session's own connection (bulk SQL inside the same transaction)."""
         return self._db.get_connection().cursor()
+
+    def _audit(self, note: AuditNote | None, target_id: object = None) -> None:
+        """Append ``note`` to the audit log in the caller's transaction (``None``: nothing).
+
+        ``target_id`` fills in a creation's new id when the note has none.
+        """
+        if note is None:
+            return
+        ident = note.target_id if note.target_id is not None else target_id
+        self._e.AuditEntry(
+            at=utcnow(),
+            actor=note.actor[:200],
+            action=note.action,
+            target_type=note.target_type,
+            target_id=None if ident is None else str(ident)[:200],
+            details=note.details,
+            source_ip=note.source_ip,
+            outcome=note.outcome,
+        )

@@ -12,7 +12,7 @@ import dataclasses
 import enum
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,14 @@ from typing import Any
 from pony import orm
 
 from fleet.core import BatchStatus, ChildStatus, NotFound
-from fleet.server.records import UNSET, BatchRecord, BatchUpdate, ChildRecord, ChildUpdate
+from fleet.server.records import (
+    UNSET,
+    AuditNote,
+    BatchRecord,
+    BatchUpdate,
+    ChildRecord,
+    ChildUpdate,
+)
 
 from .base import StoreBase, chunks, db_session
 from .schema import aware, to_db
@@ -189,14 +196,17 @@ class BatchStore(StoreBase):
         now: datetime,
         options: BatchOptions | None = None,
         owner_node: str | None = None,
+        audit: AuditNote | None = None,
     ) -> BatchRecord:
         """Create a PENDING batch and its PENDING children in one transaction.
 
         Args:
+            user_id: Who created it (a username: ``created_by``).
             targets: ``(child_id, vps_id, vps_name)`` per child.
             options: rollout options, tags, re-run origin and (masked) parameters.
             log_dir: Output logs go to ``<log_dir>/<batch_id>/<child_id>.stdout|.stderr``.
             owner_node: the cluster node that runs it (``fleet.server.cluster``).
+            audit: The ``batch.create`` entry, written in the same transaction.
         """
         self._e.Batch(
             id=batch_id,
@@ -229,6 +239,7 @@ class BatchStore(StoreBase):
         ]
         if rows:
             sql.insert_many(self._cursor(), "child_command_task", _CHILD_COLS, rows)
+        self._audit(audit, batch_id)
         children = tuple(
             sorted((self._child_record(row) for row in rows), key=lambda c: (c.vps_name, c.id))
         )
@@ -247,13 +258,36 @@ class BatchStore(StoreBase):
         return self._with_children(batch)
 
     @db_session
-    def list_batches(self, *, limit: int, offset: int) -> tuple[list[BatchRecord], int]:
-        """One page of batches, newest first, without children; and the number of batches."""
-        Batch, offset = self._e.Batch, max(offset, 0)
-        query = Batch.select().order_by(orm.desc(Batch.created_at), orm.desc(Batch.id))
-        page = list(query[offset : offset + max(limit, 0)])
+    def list_batches(
+        self, *, limit: int, offset: int, visible_vps: Collection[int] | None = None
+    ) -> tuple[list[BatchRecord], int]:
+        """One page of batches, newest first, without children; and the number of batches.
+
+        With ``visible_vps``, only the batches whose every target is among them (a scoped
+        user's view).
+        """
+        Batch, offset, limit = self._e.Batch, max(offset, 0), max(limit, 0)
+        if visible_vps is None:
+            query = Batch.select().order_by(orm.desc(Batch.created_at), orm.desc(Batch.id))
+            page = list(query[offset : offset + limit])
+            total = int(Batch.select().count())
+        else:
+            # Ids are integers from the store: inlined, so no bound-parameter limit applies.
+            ids = ", ".join(str(int(v)) for v in sorted(set(visible_vps))) or "-1"
+            where = (
+                "NOT EXISTS (SELECT 1 FROM child_command_task c WHERE c.batch_id = b.id"
+                f" AND c.vps_id NOT IN ({ids}))"
+            )
+            cur = self._cursor()
+            cur.execute(f"SELECT COUNT(*) FROM batch_command_task b WHERE {where}")
+            total = int(cur.fetchone()[0])
+            cur.execute(
+                f"SELECT b.id FROM batch_command_task b WHERE {where}"
+                f" ORDER BY b.created_at DESC, b.id DESC LIMIT {limit} OFFSET {offset}"
+            )
+            page = [Batch[row[0]] for row in cur.fetchall()]
         counts = self._counts([b.id for b in page])
-        return [self._batch_record(b, counts[b.id]) for b in page], int(Batch.select().count())
+        return [self._batch_record(b, counts[b.id]) for b in page], total
 
     @db_session
     def get_child(self, batch_id: str, child_id: str) -> ChildRecord:

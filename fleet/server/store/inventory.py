@@ -1,5 +1,5 @@
-"""The inventory: VPSes (with their agent secret digests and what their agents report), saved
-scripts and API tokens."""
+"""The inventory: VPSes (with their agent secret digests and what their agents report) and saved
+scripts. Each change takes an optional ``AuditNote`` written in its transaction."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from pony import orm
 
 from fleet.core import NotFound
-from fleet.server.records import ScriptRecord, VpsRecord
+from fleet.server.records import AuditNote, ScriptRecord, VpsRecord
 
 from .base import StoreBase, chunks, db_session, duplicate
 from .schema import aware, to_db, utcnow
@@ -20,22 +20,7 @@ __all__ = ["InventoryStore"]
 
 
 class InventoryStore(StoreBase):
-    """The store's inventory tables (``vps``, ``script``, ``api_token``)."""
-
-    # -- tokens ------------------------------------------------------------------------------
-
-    @db_session
-    def add_token(self, name: str, token_hash: str) -> None:
-        self._e.ApiToken(name=name, token_hash=token_hash, created_at=utcnow())
-
-    @db_session
-    def has_tokens(self) -> bool:
-        return bool(self._e.ApiToken.select().exists())
-
-    @db_session
-    def token_hashes(self) -> list[str]:
-        """Every API token's digest (the server keeps them in memory to check requests)."""
-        return [str(t.token_hash) for t in self._e.ApiToken.select()]
+    """The store's inventory tables (``vps``, ``script``)."""
 
     # -- VPSes -------------------------------------------------------------------------------
 
@@ -63,7 +48,9 @@ class InventoryStore(StoreBase):
         return vps
 
     @db_session
-    def create_vps(self, name: str, tags: Sequence[str], secret_hash: str) -> VpsRecord:
+    def create_vps(
+        self, name: str, tags: Sequence[str], secret_hash: str, *, audit: AuditNote | None = None
+    ) -> VpsRecord:
         """Raises ValidationError if a VPS with this name exists."""
         if self._e.Vps.get(name=name) is not None:
             raise duplicate("VPS", name)
@@ -72,6 +59,7 @@ class InventoryStore(StoreBase):
             name=name, tags=list(tags), secret_hash=secret_hash, created_at=now, updated_at=now
         )
         orm.flush()  # assigns the id
+        self._audit(audit, vps.id)
         return self._vps_record(vps)
 
     @db_session
@@ -105,9 +93,10 @@ class InventoryStore(StoreBase):
         return found
 
     @db_session
-    def delete_vps(self, vps_id: int) -> None:
+    def delete_vps(self, vps_id: int, *, audit: AuditNote | None = None) -> None:
         """Delete a VPS; its batch history stays."""
         self._vps(vps_id).delete()
+        self._audit(audit)
 
     @db_session
     def update_vps(
@@ -124,10 +113,13 @@ class InventoryStore(StoreBase):
         return self._vps_record(vps)
 
     @db_session
-    def set_vps_secret(self, vps_id: int, secret_hash: str) -> None:
+    def set_vps_secret(
+        self, vps_id: int, secret_hash: str, *, audit: AuditNote | None = None
+    ) -> None:
         vps = self._vps(vps_id)
         vps.secret_hash = secret_hash
         vps.updated_at = utcnow()
+        self._audit(audit)
 
     @db_session
     def vps_secret_hashes(self) -> list[tuple[int, str]]:
@@ -194,6 +186,8 @@ class InventoryStore(StoreBase):
         description: str,
         content: str,
         parameters: Sequence[dict[str, Any]] = (),
+        *,
+        audit: AuditNote | None = None,
     ) -> ScriptRecord:
         """Raises ValidationError if a script with this name exists."""
         if self._e.Script.get(name=name) is not None:
@@ -208,6 +202,7 @@ class InventoryStore(StoreBase):
             parameters=list(parameters),
         )
         orm.flush()
+        self._audit(audit, script.id)
         return self._script_record(script)
 
     @db_session
@@ -227,6 +222,8 @@ class InventoryStore(StoreBase):
         description: str,
         content: str,
         parameters: Sequence[dict[str, Any]] = (),
+        *,
+        audit: AuditNote | None = None,
     ) -> ScriptRecord:
         script = self._script(script_id)
         if name != script.name and self._e.Script.get(name=name) is not None:
@@ -238,8 +235,10 @@ class InventoryStore(StoreBase):
             updated_at=utcnow(),
             parameters=list(parameters),
         )
+        self._audit(audit)
         return self._script_record(script)
 
     @db_session
-    def delete_script(self, script_id: int) -> None:
+    def delete_script(self, script_id: int, *, audit: AuditNote | None = None) -> None:
         self._script(script_id).delete()
+        self._audit(audit)

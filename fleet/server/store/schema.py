@@ -12,7 +12,17 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from pony import orm
 from pony.orm import Json, LongStr, PrimaryKey, Required, Set
 
-__all__ = ["Dialect", "aware", "bind_args", "define_entities", "to_db", "utcnow"]
+__all__ = [
+    "ADDED_COLUMNS",
+    "Dialect",
+    "add_missing_columns",
+    "aware",
+    "bind_args",
+    "define_entities",
+    "protect_audit_log",
+    "to_db",
+    "utcnow",
+]
 
 
 def to_db(value: datetime) -> datetime:
@@ -64,6 +74,41 @@ def define_entities(db: Any) -> SimpleNamespace:
         name = Required(str)
         token_hash = Required(str, unique=True)
         created_at = Required(datetime)
+        # Added with teams (ADDED_COLUMNS): the owner (older stores' tokens belong to the
+        # built-in admin) and an optional expiry.
+        user_id = orm.Optional(int, nullable=True)
+        expires_at = orm.Optional(datetime, nullable=True)
+        builtin = orm.Optional(bool, nullable=True)  # the first-start admin token
+
+    class User(db.Entity):  # type: ignore[misc]
+        _table_ = "fleet_user"  # "user" is reserved in PostgreSQL
+        id = PrimaryKey(int, auto=True)
+        username = Required(str, unique=True)
+        password_hash = orm.Optional(str, nullable=True)  # argon2id; None: no password login
+        role = Required(str)
+        allowed_tags = Required(Json)
+        created_at = Required(datetime)
+        updated_at = Required(datetime)
+
+    class WebSession(db.Entity):  # type: ignore[misc]
+        _table_ = "web_session"
+        id = PrimaryKey(int, auto=True)
+        token_hash = Required(str, unique=True)
+        user_id = Required(int, index=True)
+        created_at = Required(datetime)
+        expires_at = Required(datetime)
+
+    class AuditEntry(db.Entity):  # type: ignore[misc]
+        _table_ = "audit_log"  # append-only: triggers refuse UPDATE and DELETE
+        id = PrimaryKey(int, auto=True)
+        at = Required(datetime, index=True)
+        actor = orm.Optional(str, index=True)
+        action = Required(str, index=True)
+        target_type = orm.Optional(str, nullable=True)
+        target_id = orm.Optional(str, nullable=True)
+        details = orm.Optional(Json)
+        source_ip = orm.Optional(str, nullable=True)
+        outcome = Required(str)
 
     class Batch(db.Entity):  # type: ignore[misc]
         _table_ = "batch_command_task"
@@ -117,7 +162,16 @@ def define_entities(db: Any) -> SimpleNamespace:
         # {status, exit_code, at}: a result reported after the server ended the child.
         agent_reported = orm.Optional(Json, nullable=True)
 
-    return SimpleNamespace(Vps=Vps, Script=Script, ApiToken=ApiToken, Batch=Batch, Child=Child)
+    return SimpleNamespace(
+        Vps=Vps,
+        Script=Script,
+        ApiToken=ApiToken,
+        Batch=Batch,
+        Child=Child,
+        User=User,
+        WebSession=WebSession,
+        AuditEntry=AuditEntry,
+    )
 
 
 class Dialect:
@@ -206,6 +260,9 @@ ADDED_COLUMNS = (
     ("batch_command_task", "parameters", "TEXT", "JSONB"),
     ("batch_command_task", "secret_parameters", "TEXT", "JSONB"),
     ("batch_command_task", "owner_node", "TEXT", "TEXT"),
+    ("api_token", "user_id", "INTEGER", "INTEGER"),
+    ("api_token", "expires_at", "DATETIME", "TIMESTAMP"),
+    ("api_token", "builtin", "BOOLEAN", "BOOLEAN"),
 )
 
 
@@ -234,3 +291,27 @@ def _table_exists(db: Any, table: str) -> bool:
     if db.provider_name == "postgres":
         return bool(db.select(f"SELECT to_regclass('{table}') IS NOT NULL")[0])
     return bool(db.select(f"SELECT count(*) FROM sqlite_master WHERE name = '{table}'")[0])
+
+
+# Under a transaction-scoped advisory lock: cluster nodes starting together take turns.
+_PG_APPEND_ONLY = """
+SELECT pg_advisory_xact_lock(7271350901);
+CREATE OR REPLACE FUNCTION fleet_audit_append_only() RETURNS trigger AS $$
+BEGIN RAISE EXCEPTION 'the audit log is append-only'; END; $$ LANGUAGE plpgsql;
+CREATE OR REPLACE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
+FOR EACH ROW EXECUTE FUNCTION fleet_audit_append_only();
+"""
+
+
+def protect_audit_log(db: Any) -> None:
+    """Make the database itself refuse to change or delete audit entries (after the mapping)."""
+    with orm.db_session:
+        if db.provider_name == "postgres":
+            # On the raw cursor: Pony's execute would read ``$$`` as a parameter.
+            db.get_connection().cursor().execute(_PG_APPEND_ONLY)
+            return
+        for event in ("UPDATE", "DELETE"):
+            db.execute(
+                f"CREATE TRIGGER IF NOT EXISTS audit_log_no_{event.lower()} BEFORE {event} ON "
+                "audit_log BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
+            )
