@@ -138,14 +138,23 @@ class Agent:
     process: trio.Process | None = None
     runs: int = 0
 
+    @property
+    def log(self) -> Path:
+        """The agent's stderr, every run appended."""
+        return self.state_dir.with_suffix(".log")
+
     async def start(self) -> None:
         self.runs += 1
-        self.process = await trio.lowlevel.open_process(
+        with self.log.open("ab") as log:
+            self.process = await self._open(log)
+
+    async def _open(self, log: Any) -> trio.Process:
+        return await trio.lowlevel.open_process(
             [sys.executable, "-c", _AGENT, "--server", self.proxy.address,
              "--vps-id", str(self.vps_id), "--secret-file", str(self.secret_file),
              "--state-dir", str(self.state_dir), "--terminate-grace", "1",
              "--log-level", "INFO"],
-            env=_environ(FAULT_VPS=self.name), stdout=subprocess.DEVNULL,
+            env=_environ(FAULT_VPS=self.name), stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
 
     async def kill(self, signum: int = signal.SIGKILL) -> None:
@@ -196,6 +205,17 @@ class Fleet:
             await agent.start()
         await fleet.wait_online()
         return fleet
+
+    def crashed_agents(self) -> list[str]:
+        """Agents that exited by themselves or logged a traceback (a crash is a bug)."""
+        return [
+            f"{a.name}: exit {a.process.returncode if a.process else None}: "
+            + a.log.read_text(errors="replace")[-3000:]
+            for a in self.agents
+            if a.process is None
+            or a.process.returncode is not None
+            or "Traceback" in a.log.read_text(errors="replace")
+        ]
 
     async def close(self) -> None:
         with trio.CancelScope(shield=True):

@@ -35,6 +35,8 @@ def open_fleet(tmp_path: Path) -> OpenFleet:
             fleet = await Fleet.open(tmp_path, nursery, n, grace, db)
             try:
                 yield fleet
+                crashed = fleet.crashed_agents()
+                assert not crashed, "\n".join(crashed)
             except BaseException:
                 # The server's own account of what went wrong, with the test's failure.
                 print(bytes(fleet.server.output[-20000:]).decode(errors="replace"))
