@@ -78,7 +78,7 @@ async def _run(client: httpx.AsyncClient, targets: list[int], command: str) -> s
 async def test_three_nodes_dispatch_terminate_feed_failover_restart(tmp_path: Path) -> None:
     dsn = postgres_dsn()
     with fresh_database(dsn) as db:
-        nodes = [Node(n, tmp_path / n, db, lease_s=2.0) for n in ("node-a", "node-b", "node-c")]
+        nodes = [Node(n, tmp_path / n, db, lease_s=4.0) for n in ("node-a", "node-b", "node-c")]
         agents: list[trio.Process] = []
         try:
             with trio.fail_after(180):
