@@ -23,8 +23,7 @@ import logging
 import os
 import secrets
 import socket
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
 
 import betterproto2
 import trio
@@ -33,7 +32,6 @@ from fleet.core import STREAMS
 from fleet.proto import agent_service as pb
 from fleet.server.agents import (
     AgentInfo,
-    AgentRegistry,
     AgentSession,
     Credentials,
     PeerViolation,
@@ -49,17 +47,11 @@ from fleet.server.supervisor import VPS_TOPIC, Supervisor
 
 from . import sql
 from .bus import Bus, Inbound, Report
+from .routing import REPORTS, ClusterFeed, ClusterRegistry, Remote, RoutedSession, report_only
 
 __all__ = ["ClusterError", "ClusterFeed", "ClusterHooks", "ClusterNode", "ClusterRegistry"]
 
 logger = logging.getLogger(__name__)
-
-_REPORTS = (
-    pb.BatchCommandOutputStream,
-    pb.BatchCommandResult,
-    pb.BatchCommandAck,
-    pb.BatchCommandStarted,
-)
 
 
 #: Why an agent's stream is closed when a batch of its moved to this node.
@@ -70,75 +62,6 @@ CREDENTIALS_S = 1.0
 
 class ClusterError(Exception):
     """This node cannot stay in the cluster (its lease was taken over, or the bus failed)."""
-
-
-@dataclass(frozen=True)
-class _Remote:
-    node: str
-    since: Any
-    open_ids: frozenset[str] | None
-
-
-class ClusterRegistry(AgentRegistry):
-    """The local sessions, plus where every other agent of the cluster is connected."""
-
-    def __init__(self, bus: Bus) -> None:
-        super().__init__()
-        self._bus = bus
-        self.remote: dict[int, _Remote] = {}
-
-    def send(self, vps_id: int, message: pb.MessageToAgent) -> bool:
-        """The local stream, else a row for the node holding the agent; False if none."""
-        if super().send(vps_id, message):
-            return True
-        remote = self.remote.get(vps_id)
-        if remote is None:
-            return False
-        self._bus.post_message(remote.node, "agent", vps_id, None, bytes(message))
-        return True
-
-    def is_online(self, vps_id: int) -> bool:
-        return super().is_online(vps_id) or vps_id in self.remote
-
-    def online_count(self) -> int:
-        return super().online_count() + len(self.remote)
-
-
-class ClusterFeed:
-    """The feed of batches run here: to local subscribers and, through the database, to every
-    other node (whose subscribers may watch them)."""
-
-    def __init__(self, hub: Publisher, bus: Bus) -> None:
-        self._hub = hub
-        self._bus = bus
-
-    def publish(self, batch_id: str, event: dict[str, Any]) -> None:
-        self._hub.publish(batch_id, event)
-        if batch_id != VPS_TOPIC:
-            self._bus.post_feed(batch_id, json.dumps(event))
-
-    def has_subscribers(self, batch_id: str) -> bool:
-        return True  # subscribers may be on another node
-
-
-class _RoutedSession:
-    """An agent held by another node, as a ``Supervisor`` sees it (replies go back through
-    ``ClusterRegistry.send``)."""
-
-    def __init__(self, vps_id: int, registry: AgentRegistry) -> None:
-        self.vps_id = vps_id
-        self._registry = registry
-
-    @property
-    def closed(self) -> bool:
-        return False
-
-    def send(self, message: pb.MessageToAgent) -> None:
-        if not self._registry.send(self.vps_id, message):
-            raise SessionClosed(f"vps {self.vps_id} is connected nowhere")
-
-    def close(self, reason: str) -> None:
-        pass  # its own node closes it
 
 
 class ClusterNode:
@@ -203,7 +126,7 @@ class ClusterNode:
             )
             for presence in await self.bus.call(sql.live_presence):
                 if presence.node is not None and presence.node != self.name:
-                    self.registry.remote[presence.vps_id] = _Remote(
+                    self.registry.remote[presence.vps_id] = Remote(
                         presence.node, presence.since, presence.open_ids
                     )
             for batch_id in await self.bus.call(sql.claim_own, self.name):
@@ -325,7 +248,7 @@ class ClusterNode:
                         run.agent_lost(vps_id)
                     self._publish_vps(vps_id, online=False)
                 continue
-            remote = _Remote(presence.node, presence.since, presence.open_ids)
+            remote = Remote(presence.node, presence.since, presence.open_ids)
             if self.registry.remote.get(vps_id) == remote:
                 continue
             self.registry.remote[vps_id] = remote
@@ -374,9 +297,9 @@ class ClusterNode:
         supervisor = self._supervisor
         assert supervisor is not None
         _, payload = betterproto2.which_one_of(message, "payload")
-        if not isinstance(payload, _REPORTS):
+        if not isinstance(payload, REPORTS):
             return
-        session: AgentSession = self.registry.get(vps_id) or _RoutedSession(vps_id, self.registry)
+        session: AgentSession = self.registry.get(vps_id) or RoutedSession(vps_id, self.registry)
         if supervisor.routes(payload.command_id):
             try:
                 supervisor.message(session, message)
@@ -441,31 +364,14 @@ class ClusterHooks:
 
     def message(self, session: AgentSession, message: pb.MessageToServer) -> None:
         _, payload = betterproto2.which_one_of(message, "payload")
-        if isinstance(payload, _REPORTS) and not self._supervisor.routes(payload.command_id):
+        if isinstance(payload, REPORTS) and not self._supervisor.routes(payload.command_id):
             self._node.bus.post_report(
                 Report(
                     session.vps_id,
                     payload.command_id,
-                    bytes(_report_only(session.vps_id, payload)),
+                    bytes(report_only(session.vps_id, payload)),
                     isinstance(payload, pb.BatchCommandResult),
                 )
             )
             return
         self._supervisor.message(session, message)
-
-
-def _report_only(
-    vps_id: int,
-    payload: pb.BatchCommandOutputStream
-    | pb.BatchCommandResult
-    | pb.BatchCommandAck
-    | pb.BatchCommandStarted,
-) -> pb.MessageToServer:
-    """The report alone, to travel between nodes (never the agent's credentials)."""
-    if isinstance(payload, pb.BatchCommandOutputStream):
-        return pb.MessageToServer(vps_db_id=vps_id, batch_command_output_stream=payload)
-    if isinstance(payload, pb.BatchCommandResult):
-        return pb.MessageToServer(vps_db_id=vps_id, batch_command_result=payload)
-    if isinstance(payload, pb.BatchCommandAck):
-        return pb.MessageToServer(vps_db_id=vps_id, batch_command_ack=payload)
-    return pb.MessageToServer(vps_db_id=vps_id, batch_command_started=payload)
