@@ -150,11 +150,10 @@ class ClusterNode:
 
     async def _follow_credentials(self) -> None:
         """Agents may connect here with VPSes and secrets another node created or changed."""
-        assert self._db is not None
         assert self._credentials is not None
         while True:
             await trio.sleep(CREDENTIALS_S)
-            changed = self._credentials.reset(await self._db.run(Store.vps_secret_hashes))
+            changed = self._credentials.reset(await self.bus.call(sql.vps_secrets))
             for vps_id in changed:
                 self.registry.close(vps_id, "its secret changed or the VPS was deleted")
 

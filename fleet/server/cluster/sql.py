@@ -53,6 +53,7 @@ __all__ = [
     "renew",
     "request_terminate",
     "retarget",
+    "vps_secrets",
 ]
 
 PRESENCE_CHANNEL = "fleet_presence"
@@ -401,6 +402,12 @@ def owners(cur: Any, command_ids: Sequence[str]) -> dict[str, tuple[int, str, st
         (list(command_ids),),
     )
     return {row[0]: (row[1], row[2], row[3]) for row in cur.fetchall()}
+
+
+def vps_secrets(cur: Any) -> list[tuple[int, str]]:
+    """Every VPS's agent secret digest (read often: plain SQL on the bus's connection)."""
+    cur.execute("SELECT id, secret_hash FROM vps")
+    return [(int(row[0]), str(row[1])) for row in cur.fetchall()]
 
 
 def output(cur: Any, child_id: str, stream: str) -> bytes:
