@@ -203,6 +203,16 @@ def _only_oserror(group: BaseExceptionGroup[BaseException]) -> OSError | None:
     return leaf if isinstance(leaf, OSError) else None
 
 
+def _cluster_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    from .cluster import ClusterError
+
+    matched, _ = group.split(ClusterError)
+    leaf: BaseException | None = matched
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fleet-server``; returns the exit code."""
     try:
@@ -224,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BaseExceptionGroup as group:
         # A listener that cannot bind fails inside the server's nurseries: still one line.
-        error = _only_oserror(group)
+        # So does a cluster node that lost its lease (another node runs its batches now).
+        error: BaseException | None = _only_oserror(group) or _cluster_error(group)
         if error is None:
             raise
         print(f"fleet-server: {error}", file=sys.stderr)

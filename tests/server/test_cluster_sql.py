@@ -177,3 +177,32 @@ def test_output_chunks_are_byte_exact_and_idempotent(database: str) -> None:
     assert sql.output(cur, "c1", "stderr") == b""
     assert sql.output_many(cur, ["c1"]) == {("c1", "stdout"): data}
     conn.close()
+
+
+async def test_the_bus_renews_the_lease_and_stops_once_it_is_taken(database: str) -> None:
+    import trio
+
+    from fleet.server.cluster.bus import Bus, LeaseLost
+    from fleet.server.store.schema import bind_args
+
+    args = bind_args(database, Path("."))
+    args.pop("provider")
+    bus = Bus(args, "n1")
+    with trio.fail_after(30):
+        await bus.open(lambda inbound: None)
+        await bus.call(sql.register, "n1", "inc", 1.0, "h", "g")
+        bus.keep_lease("inc", 1.0)
+
+        async def lose_the_lease() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(bus.run)
+                await trio.sleep(1.5)  # real time: the lease (1 s) is renewed meanwhile
+                assert await bus.call(sql.adopt, "n2") == ([], [])
+                await bus.call(sql.register, "n1", "someone-else", 1.0, "h", "g")
+                await trio.sleep_forever()  # the bus's next renewal finds its row taken
+
+        with pytest.raises(ExceptionGroup) as raised:
+            await lose_the_lease()
+        matched, rest = raised.value.split(LeaseLost)
+        assert matched is not None
+        assert rest is None

@@ -24,6 +24,7 @@ import logging
 import os
 import select
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -32,7 +33,7 @@ import trio
 
 from . import sql
 
-__all__ = ["Bus", "Inbound", "Report"]
+__all__ = ["Bus", "ClusterError", "Inbound", "LeaseLost", "Report"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,14 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _CACHE_MAX = 200_000
+
+
+class ClusterError(Exception):
+    """This node cannot stay in the cluster."""
+
+
+class LeaseLost(ClusterError):
+    """This node's lease was taken over: it was declared dead and must stop."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,10 +105,14 @@ class Bus:
         self._owners: dict[str, tuple[int, str, str | None]] = {}
         self._handed: set[int] = set()  # dispatch ids given to trio, not yet deleted
         self._failed = trio.Event()
+        self._exited = trio.Event()
+        self._closed = False
         self._error: BaseException | None = None
         self._deliver: Callable[[Inbound], None] | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._thread: threading.Thread | None = None
+        self._lease: tuple[str, float] | None = None
+        self._renew_at = 0.0
 
     # --- trio side ---------------------------------------------------------------------------
 
@@ -132,6 +145,12 @@ class Bus:
         finally:
             self._stopping = True
             self._wake()
+            # The pipe is closed once the thread is done with it (never under its feet).
+            with trio.move_on_after(10, shield=True):
+                await self._exited.wait()
+            self._closed = True
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(cursor, *args)`` in the bus thread (after what is queued) and return."""
@@ -177,6 +196,8 @@ class Bus:
         self._wake()
 
     def _wake(self) -> None:
+        if self._closed:
+            return
         try:
             os.write(self._wake_w, b"x")
         except BlockingIOError:
@@ -208,7 +229,10 @@ class Bus:
         try:
             self._loop(conn, cur, token)
         except BaseException as exc:
-            logger.exception("cluster bus failed")
+            if isinstance(exc, LeaseLost):
+                logger.error("%s", exc)
+            else:
+                logger.exception("cluster bus failed")
             self._error = exc
             try:
                 token.run_sync_soon(self._failed.set)
@@ -216,16 +240,36 @@ class Bus:
                 pass
         finally:
             conn.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            try:
+                token.run_sync_soon(self._exited.set)
+            except trio.RunFinishedError:  # pragma: no cover - the server is gone already
+                pass
+
+    def keep_lease(self, incarnation: str, lease_s: float) -> None:
+        """Renew this node's lease from now on, every quarter lease, in the bus thread (a busy
+        trio thread never loses it); losing it (the node was declared dead) stops the bus."""
+        self._lease = (incarnation, lease_s)
+        self._wake()
+
+    def _renew(self, cur: Any) -> None:
+        if self._lease is None or time.monotonic() < self._renew_at:
+            return
+        incarnation, lease_s = self._lease
+        if not sql.renew(cur, self.name, incarnation, lease_s):
+            raise LeaseLost(
+                f"node {self.name}: its lease lapsed and its batches were adopted; stopping"
+            )
+        self._renew_at = time.monotonic() + lease_s / 4
 
     def _loop(self, conn: Any, cur: Any, token: trio.lowlevel.TrioToken) -> None:
         dispatch_pending = True  # rows may wait from before this start
         while True:
+            self._renew(cur)
             if not conn.notifies and not self._queued() and not dispatch_pending:
                 if self._stopping:
                     return
-                select.select([conn, self._wake_r], [], [], 5.0)
+                wait = max(0.0, self._renew_at - time.monotonic()) if self._lease else 5.0
+                select.select([conn, self._wake_r], [], [], min(wait, 5.0))
             try:
                 os.read(self._wake_r, 65536)
             except BlockingIOError:

@@ -46,7 +46,7 @@ from fleet.server.store.schema import bind_args
 from fleet.server.supervisor import VPS_TOPIC, Supervisor
 
 from . import sql
-from .bus import Bus, Inbound, Report
+from .bus import Bus, ClusterError, Inbound, Report
 from .routing import REPORTS, ClusterFeed, ClusterRegistry, Remote, RoutedSession, report_only
 
 __all__ = ["ClusterError", "ClusterFeed", "ClusterHooks", "ClusterNode", "ClusterRegistry"]
@@ -58,10 +58,6 @@ logger = logging.getLogger(__name__)
 RESYNC = "its batches moved to another server of the cluster: reconnect to reconcile"
 #: How often the agents' credentials are read again (VPSes created or changed elsewhere).
 CREDENTIALS_S = 1.0
-
-
-class ClusterError(Exception):
-    """This node cannot stay in the cluster (its lease was taken over, or the bus failed)."""
 
 
 class ClusterNode:
@@ -114,7 +110,7 @@ class ClusterNode:
         lease, adopt dead nodes' batches and handle what arrives, until cancelled.
 
         Supports ``nursery.start``: ``started()`` once this node's batches are resumed. Raises
-        ``ClusterError`` when the node must stop (its lease was taken over).
+        ``ClusterError`` (``LeaseLost``) when the node must stop: its lease was taken over.
         """
         assert self._supervisor is not None, "ClusterNode.attach first"
         await self.bus.open(self._arrive)
@@ -124,6 +120,7 @@ class ClusterNode:
             await self.bus.call(
                 sql.register, self.name, self.incarnation, self.lease_s, config.http, config.grpc
             )
+            self.bus.keep_lease(self.incarnation, self.lease_s)
             for presence in await self.bus.call(sql.live_presence):
                 if presence.node is not None and presence.node != self.name:
                     self.registry.remote[presence.vps_id] = Remote(
@@ -139,12 +136,9 @@ class ClusterNode:
             task_status.started()
 
     async def _lease(self) -> None:
+        """Adopt the batches of nodes whose lease lapsed (the bus renews this node's own)."""
         while True:
             await trio.sleep(self.lease_s / 4)
-            if not await self.bus.call(sql.renew, self.name, self.incarnation, self.lease_s):
-                raise ClusterError(
-                    f"node {self.name}: its lease lapsed and its batches were adopted; stopping"
-                )
             await self._adopt()
             await self.bus.call(sql.retarget)
 
