@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -77,12 +79,20 @@ async def _cluster(tmp: Path, db: str) -> AsyncIterator[list[Server]]:
             fd = os.open(data / "admin.token", os.O_WRONLY | os.O_CREAT, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(token)
-        async with (
-            fleet_server(tmp / "b", *_node_args(db, "b")) as b,
-            fleet_server(tmp / "c", *_node_args(db, "c")) as c,
-        ):
-            servers += [b, c]
-            yield servers
+        try:
+            async with (
+                fleet_server(tmp / "b", *_node_args(db, "b")) as b,
+                fleet_server(tmp / "c", *_node_args(db, "c")) as c,
+            ):
+                servers += [b, c]
+                yield servers
+        except BaseException:
+            kept = Path(tempfile.mkdtemp(prefix="fleet-bench-cluster-logs-"))
+            for name in NODES:
+                if (tmp / name / "server.log").exists():
+                    shutil.copy(tmp / name / "server.log", kept / f"{name}.log")
+            log(f"cluster: the nodes' logs are kept in {kept}")
+            raise
 
 
 def _node_args(db: str, name: str) -> list[str]:

@@ -224,10 +224,11 @@ class ClusterNode:
                 await self._adopting.wait()
             inbox, self._inbox = self._inbox, []
             for inbound in inbox:
-                self._presence(inbound)
-                self._dispatch(inbound)
-                self._unrouted(inbound.unrouted)
-                self._feed(inbound)
+                for step in (self._presence, self._dispatch, self._unrouted, self._feed):
+                    try:
+                        step(inbound)
+                    except Exception:  # the boundary with other nodes: log, keep serving
+                        logger.exception("node=%s could not apply what arrived", self.name)
 
     def _presence(self, inbound: Inbound) -> None:
         supervisor = self._supervisor
@@ -282,8 +283,8 @@ class ClusterNode:
             # before leaves them to the node that adopts its batches.
             self._recorder.after_flush(lambda: self.bus.post_handled(done))
 
-    def _unrouted(self, reports: list[Report]) -> None:
-        for report in reports:
+    def _unrouted(self, inbound: Inbound) -> None:
+        for report in inbound.unrouted:
             self._report(report.vps_id, pb.MessageToServer.FromString(report.payload))
 
     def _report(self, vps_id: int, message: pb.MessageToServer) -> None:
