@@ -72,9 +72,13 @@ async def test_disk_full_under_a_batch(open_fleet: OpenFleet, small_disk: Path) 
             with trio.fail_after(GRACE + BOUND):
                 await wait_batch(fleet, batch, lambda b: b["overall_status"] in FINAL)
             ballast.unlink()  # space returns
-            await check(fleet, "disk full (8 MiB tmpfs, 400 KB left)", batch, "d", expected,
-                        fault_at=fault_at, bound=BOUND, back={a.name for a in fleet.agents},
-                        allowed={"SUCCESS"})  # fmt: skip
+            row = await check(fleet, "disk full (8 MiB tmpfs, 400 KB left)", batch, "d",
+                              expected, fault_at=fault_at, bound=BOUND,
+                              back={a.name for a in fleet.agents},
+                              allowed={"SUCCESS"})  # fmt: skip
+            assert row["bytes"] < len(expected) * len(fleet.agents)  # the fault did bite
+            body = await wait_batch(fleet, batch, lambda b: True)
+            assert any("was lost" in (t["error_message"] or "") for t in body["tasks"]), body
             after = await _post_when_writable(fleet, "echo recovered")
             with trio.fail_after(BOUND):
                 body = await wait_batch(fleet, after, lambda b: b["overall_status"] in FINAL)
