@@ -9,8 +9,8 @@ rarely (STACK-NOTES "Bridging trio and grpclib")::
 
     trio side                                asyncio side (the trio-asyncio loop)
     Link.send() -> outgoing memory channel
-    writer task: drains the channel and      _send_batch(): stream.send_message() for each
-      crosses once per *batch* ------------>   message of the batch
+    writer task: drains the channel and      _send_batch(): the batch's messages framed
+      crosses once per *batch* ------------>   together, one HTTP/2 DATA send per ~1 MiB
     reader task: crosses once for the        _converse(): connect, handshake, then
       whole life of the stream ------------>   recv_message() in a loop, handing each message
     Link.receive() <- incoming channel <----   to a synchronous dispatcher (send_nowait)
@@ -48,7 +48,7 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from fleet.proto import agent_service as pb
 from fleet.wellformed import problem
-from fleet.wire import METHOD_PATH, open_loop
+from fleet.wire import METHOD_PATH, framed, open_loop
 
 from .config import AgentConfig
 
@@ -214,9 +214,13 @@ class Link:
         stream = self._stream
         if stream is None:
             raise LinkError("the stream is closed")
-        for message in batch:
-            await stream.send_message(message)
-            self.messages_sent += 1
+        # One DATA send per buffer of messages rather than one per message (``framed``):
+        # grpclib's ``send_message`` would frame each alone. Writes grpclib's protocol stream
+        # (``Stream._stream``) under the stream's wrapper, as ``_receive`` reads it.
+        with stream._wrapper:
+            for data in framed(batch):
+                await stream._stream.send_data(data)
+        self.messages_sent += len(batch)
 
     async def _converse(self, handshake: pb.MessageToServer) -> None:
         """asyncio: connect, handshake, then hand every server message to trio until the end.

@@ -285,6 +285,7 @@ class _Agent:
                 grace_s=self._config.terminate_grace_s,
                 drain_s=self._config.output_drain_s,
                 on_started=functools.partial(self._started, command_id),
+                chunk_bytes=self._config.chunk_bytes,
             )
         except _NotJournaled as error:
             return pb.BatchCommandResult(

@@ -2,10 +2,11 @@
 
 Conventions (documented for the server and operators):
 
-- The content goes into a private temporary file (mode 0700, removed afterwards) run by the
-  interpreter of its ``#!`` line (split like the kernel does: interpreter plus at most one
-  argument) or else by the configured shell. The file is never executed directly, so a
-  ``noexec`` temporary directory does not matter.
+- A one-line command (no ``#!``, no working directory, at most 16 Ki characters) runs as
+  ``<shell> -c <content>``. Any other content goes into a private temporary file (mode 0700,
+  removed afterwards) run by the interpreter of its ``#!`` line (split like the kernel does:
+  interpreter plus at most one argument) or else by the configured shell. The file is never
+  executed directly, so a ``noexec`` temporary directory does not matter.
 - stdin is ``/dev/null``; the process starts a new session, so it and everything it spawns form
   one process group that can be signalled as a whole. Its environment is the agent's plus
   ``FLEET_COMMAND_ID=<id>`` (so a restarted agent can tell the command's processes apart) plus
@@ -21,7 +22,7 @@ Conventions (documented for the server and operators):
   ``drain_s`` more (a background process may hold them open); such background processes are
   left running, like ``nohup``.
 
-Output goes to an :class:`OutputSink` in chunks of at most 64 KiB, flushed when full or
+Output goes to an :class:`OutputSink` in chunks of at most ``chunk_bytes``, flushed when full or
 ``FLUSH_INTERVAL_S`` after their first byte; the sink may make the reader wait (backpressure
 reaches the command through its pipe).
 """
@@ -125,6 +126,7 @@ async def run_command(
     grace_s: float,
     drain_s: float,
     on_started: Callable[[int], None],
+    chunk_bytes: int = MAX_CHUNK_BYTES,
 ) -> pb.BatchCommandResult:
     """Run one command to completion and return its final result.
 
@@ -136,14 +138,19 @@ async def run_command(
     if control.reason is not None:
         return _result(spec, pb.CommandStatus.TERMINATED, 0, f"{control.reason} before it started")
     cwd = spec.working_directory or None
-    # A stat and a small write, but on a hung network filesystem even those block: keep them
-    # off the event loop.
-    prepared = await trio.to_thread.run_sync(_prepare, spec, cwd)
-    if isinstance(prepared, pb.BatchCommandResult):
-        return prepared
-    script = prepared
-    try:
+    script: str | None = None
+    if cwd is None and _is_one_line(spec.content):
+        # Nothing to check and no file to write: no thread hop before the process starts.
+        argv = [shell, "-c", spec.content]
+    else:
+        # A stat and a small write, but on a hung network filesystem even those block: keep
+        # them off the event loop.
+        prepared = await trio.to_thread.run_sync(_prepare, spec, cwd)
+        if isinstance(prepared, pb.BatchCommandResult):
+            return prepared
+        script = prepared
         argv = _argv(script, spec.content, shell)
+    try:
         try:
             process = await trio.lowlevel.open_process(
                 argv,
@@ -159,12 +166,15 @@ async def run_command(
             return _could_not_start(
                 spec, f"cannot start {argv[0]}{where}: {error.strerror or error}"
             )
-        return await _supervise(spec, process, output, control, grace_s, drain_s, on_started)
+        return await _supervise(
+            spec, process, output, control, grace_s, drain_s, on_started, chunk_bytes
+        )
     finally:
-        try:
-            os.unlink(script)
-        except FileNotFoundError:
-            pass
+        if script is not None:
+            try:
+                os.unlink(script)
+            except FileNotFoundError:
+                pass
 
 
 async def _supervise(
@@ -175,12 +185,13 @@ async def _supervise(
     grace_s: float,
     drain_s: float,
     on_started: Callable[[int], None],
+    chunk_bytes: int,
 ) -> pb.BatchCommandResult:
     assert process.stdout is not None
     assert process.stderr is not None
     readers = (
-        _PipeReader(process.stdout, pb.OutputType.STDOUT, output),
-        _PipeReader(process.stderr, pb.OutputType.STDERR, output),
+        _PipeReader(process.stdout, pb.OutputType.STDOUT, output, chunk_bytes),
+        _PipeReader(process.stderr, pb.OutputType.STDERR, output, chunk_bytes),
     )
     stopped_because: str | None = None
     stop_status = pb.CommandStatus.FAILURE
@@ -320,8 +331,15 @@ _RUNNING_GROUPS = _RunningGroups(max_age_s=0.04)
 class _PipeReader:
     """Reads one pipe into coalesced chunks until EOF or until told to give up."""
 
-    def __init__(self, pipe: trio.abc.ReceiveStream, kind: pb.OutputType, output: OutputSink):
+    def __init__(
+        self,
+        pipe: trio.abc.ReceiveStream,
+        kind: pb.OutputType,
+        output: OutputSink,
+        chunk_bytes: int = MAX_CHUNK_BYTES,
+    ):
         self._pipe = pipe
+        self._chunk_bytes = chunk_bytes
         self._kind = kind
         self._output = output
         self._buffer = bytearray()
@@ -342,7 +360,7 @@ class _PipeReader:
             # Only the read is under the deadline: waiting on a slow sink never loses output.
             with trio.CancelScope(deadline=min(self._flush_at, self._give_up_at)) as scope:
                 self._scope = scope
-                data = await self._pipe.receive_some(MAX_CHUNK_BYTES - len(self._buffer))
+                data = await self._pipe.receive_some(self._chunk_bytes - len(self._buffer))
             self._scope = None
             if scope.cancelled_caught:
                 if trio.current_time() >= self._give_up_at:
@@ -356,12 +374,12 @@ class _PipeReader:
             if not self._buffer:
                 self._first_ms = unix_ms()
                 self._flush_at = trio.current_time() + FLUSH_INTERVAL_S
-                if len(data) == MAX_CHUNK_BYTES:
+                if len(data) == self._chunk_bytes:
                     self._flush_at = math.inf
                     await self._output.write(self._kind, data, self._first_ms)
                     continue
             self._buffer += data
-            if len(self._buffer) >= MAX_CHUNK_BYTES:
+            if len(self._buffer) >= self._chunk_bytes:
                 await self._flush()
         await self._flush()
 
@@ -398,6 +416,22 @@ def _write_script(content: str) -> str:
         raise
     os.close(fd)
     return path
+
+
+#: Longest one-line command passed as ``shell -c`` (Linux caps one argument at 128 KiB).
+_MAX_INLINE_CHARS = 16 * 1024
+
+
+def _is_one_line(content: str) -> bool:
+    """True for a command given to the shell as ``-c`` text rather than a script file: one
+    line (a trailing newline allowed), not a ``#!`` script, short, no NUL byte."""
+    return (
+        len(content) <= _MAX_INLINE_CHARS
+        and "\n" not in content.rstrip("\n")
+        and "\r" not in content
+        and "\0" not in content
+        and not content.startswith("#!")
+    )
 
 
 def _argv(script: str, content: str, shell: str) -> list[str]:

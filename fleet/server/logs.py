@@ -1,7 +1,7 @@
 """Output logs: byte-exact files per child stream, with de-duplication, a cap and a summary.
 
 ``<data-dir>/logs/<batch>/<child>.stdout|.stderr``. Writes are small appends to the page cache
-made on the trio thread (the agent coalesces output into chunks of up to 64 KiB, so a chunk is
+made on the trio thread (the agent coalesces output into chunks of up to 256 KiB, so a chunk is
 one ``write`` system call); the file is opened on first output and closed when the child ends.
 Directories are created mode 0700 and files 0600.
 """

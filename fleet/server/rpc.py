@@ -46,9 +46,10 @@ from grpclib.const import Status
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from h2.exceptions import StreamClosedError
+from h2.settings import SettingCodes
 
 from fleet.proto import agent_service as pb
-from fleet.wire import METHOD_PATH, open_loop
+from fleet.wire import METHOD_PATH, framed, open_loop
 
 from .agents import AgentInfo, AgentRegistry, Credentials, PeerViolation, SessionClosed
 from .config import ServerConfig
@@ -78,6 +79,8 @@ _WRITE_BATCH = 256
 #: The largest message accepted from an agent, and from a peer before its handshake succeeded.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_HANDSHAKE_BYTES = 64 * 1024
+#: The largest HTTP/2 frame an authenticated agent may send (h2's default is 16 KiB).
+MAX_FRAME_BYTES = 1024 * 1024
 
 
 class AgentHooks(Protocol):
@@ -146,14 +149,19 @@ class _Session:
                     batch.append(self._queue.get_nowait())
                 except asyncio.QueueEmpty:
                     break
-            for entry in batch:
-                if isinstance(entry, _Close):
-                    self._closed = True
-                    await stream.send_trailing_metadata(
-                        status=entry.status, status_message=entry.reason
-                    )
-                    return
-                await stream.send_message(entry)
+            close = batch[-1]
+            messages = [entry for entry in batch if not isinstance(entry, _Close)]
+            # The batch framed together, one HTTP/2 DATA send per ~1 MiB (``framed``), on
+            # grpclib's protocol stream (``Stream._stream``; the initial metadata went with
+            # the handshake answer).
+            for data in framed(messages):
+                await stream._stream.send_data(data)
+            if isinstance(close, _Close):
+                self._closed = True
+                await stream.send_trailing_metadata(
+                    status=close.status, status_message=close.reason
+                )
+                return
 
 
 class RpcServer:
@@ -259,6 +267,7 @@ class RpcServer:
             return
         assert first.agent_handshake is not None
         session = _Session(first.vps_db_id, first.agent_secret, peer)
+        _accept_big_frames(stream)
         await stream.send_message(handshake_ack(True))
         self._registry.attach(session)
         logger.info("vps=%s peer=%s agent connected", session.vps_id, peer)
@@ -358,6 +367,22 @@ async def _drain(stream: grpclib.server.Stream[Any, Any], *, timeout: float) -> 
         await asyncio.wait_for(until_end(), timeout=timeout)
     except (TimeoutError, GRPCError, StreamTerminatedError, ConnectionError):
         pass
+
+
+def _accept_big_frames(stream: grpclib.server.Stream[Any, Any]) -> None:
+    """Let an authenticated agent send DATA frames of up to ``MAX_FRAME_BYTES``.
+
+    HTTP/2's default (16 KiB) cuts a 256 KiB output chunk into 17 frames, and each frame costs
+    both ends pure-Python work in h2 and grpclib; the stream window still bounds what is in
+    flight. Raised only after the handshake, so an unauthenticated peer cannot make the server
+    buffer a big frame. grpclib has no setting for it: this sends h2's SETTINGS on the stream's
+    connection (``tests/integration/test_hostile_grpc.py`` fails if an upgrade moves them).
+    """
+    protocol_stream = stream._stream
+    h2_connection = protocol_stream._h2_connection
+    if h2_connection.local_settings.max_frame_size < MAX_FRAME_BYTES:
+        h2_connection.update_settings({SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_BYTES})
+        protocol_stream.connection.flush()
 
 
 def _peer(stream: grpclib.server.Stream[Any, Any]) -> tuple[str, str]:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 
+from fleet.agent.config import MAX_CHUNK_BYTES
 from fleet.agent.runner import (
     COULD_NOT_START,
     CommandControl,
@@ -66,9 +67,9 @@ async def test_binary_output_is_byte_exact_with_streams_apart() -> None:
     assert result.exit_code == 0
     assert sink.data(STDOUT) == binary_payload(1, 3_000_000)
     assert sink.data(STDERR) == binary_payload(2, 2_000_000)
-    # Coalesced: 5 MB is far fewer than 5,000 chunks, and none is over 64 KiB.
+    # Coalesced: 5 MB is far fewer than 5,000 chunks, and none is over the chunk size.
     assert len(sink.chunks) < 300
-    assert max(len(data) for _, data, _ in sink.chunks) <= 64 * 1024
+    assert max(len(data) for _, data, _ in sink.chunks) <= MAX_CHUNK_BYTES
 
 
 async def test_many_small_writes_are_coalesced() -> None:
@@ -225,7 +226,8 @@ async def test_missing_interpreter_fails_clearly() -> None:
 
 async def test_script_file_is_private_and_removed() -> None:
     with trio.fail_after(5):
-        result, sink = await run('echo "$0"; stat -c %a "$0"')
+        # Two lines: a one-line command runs as `sh -c`, without a file.
+        result, sink = await run('echo "$0"\nstat -c %a "$0"\n')
     assert result.status == CommandStatus.SUCCESS
     path, mode = sink.data(STDOUT).decode().split()
     assert mode == "700"
@@ -260,3 +262,20 @@ async def test_cancellation_during_a_terminate_still_kills_the_group() -> None:
             await wait_reaped(shell)  # ...the runner has reaped the shell and waits the grace...
             nursery.cancel_scope.cancel()  # ...when the agent is cancelled.
     assert not alive(subshell)
+
+
+async def test_one_line_command_needs_no_script_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A one-line command without `#!` runs as `sh -c` (no file, no thread hop): it runs even
+    # where no script file can be written, while a multi-line one cannot.
+    def no_files(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.mkstemp", no_files)
+    with trio.fail_after(20):
+        one, sink = await run('echo "one line: $0"')
+        multi, _ = await run("echo first\necho second\n")
+    assert one.status == CommandStatus.SUCCESS
+    assert sink.data(STDOUT) == b"one line: /bin/sh\n"
+    assert multi.status == CommandStatus.FAILURE
+    assert multi.exit_code == COULD_NOT_START
+    assert "cannot write the script file" in multi.error_message

@@ -149,6 +149,39 @@ async def test_oversized_message_after_the_handshake_ends_the_stream(
         assert view["tasks"][0]["stdout_bytes"] == 4 * MB
 
 
+async def test_big_frames_only_after_the_handshake_and_batched_messages(
+    server: Endpoints, client: httpx.AsyncClient
+) -> None:
+    with trio.fail_after(20):
+        vps = await add_vps(client, "a")
+        peer = RawPeer(server.grpc_address)
+        await peer.open()
+        settings = peer._data._h2_connection.remote_settings
+        assert await peer.send(handshake(vps["id"], vps["agent_secret"]))
+        assert settings.max_frame_size == 16 * 1024  # HTTP/2's default, before the handshake
+        reply = await peer.receive()
+        assert reply is not None
+        assert reply.server_handshake_ack is not None
+        # The server's SETTINGS went out before its answer: big DATA frames from now on.
+        assert settings.max_frame_size == rpc.MAX_FRAME_BYTES
+        batch_id = await _run(client, vps["id"])
+        request = await peer.receive()
+        assert request is not None
+        assert request.batch_agent_command_request is not None
+        cid = request.batch_agent_command_request.command_id
+        # Several messages in one DATA send (as both ends now write them) are read one by one.
+        out = pb.BatchCommandOutputStream(command_id=cid, stream_type=1, chunk=b"z" * 300_000)
+        done = pb.BatchCommandResult(command_id=cid, status=pb.CommandStatus.SUCCESS)
+        assert await peer.send(
+            message(vps["id"], vps["agent_secret"], batch_command_output_stream=out)
+            + message(vps["id"], vps["agent_secret"], batch_command_result=done)
+        )
+        batch = await wait_batch(server, batch_id)
+        assert batch["overall_status"] == "COMPLETED_SUCCESSFULLY"
+        assert batch["tasks"][0]["stdout_bytes"] == 300_000
+        await peer.close()
+
+
 async def test_four_oversized_streams_at_once(server: Endpoints, client: httpx.AsyncClient) -> None:
     """Four 100 MB messages together once cost the server 1.13 GB: each is now refused unread."""
     with trio.fail_after(20):
