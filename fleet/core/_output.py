@@ -97,7 +97,20 @@ class OutputSummary:
         self._partial_cut = False
 
     def feed(self, data: bytes) -> None:
-        """Add bytes from the stream."""
+        """Add bytes from the stream.
+
+        Only the tail that can still be kept is looked at: when ``data`` ends more than
+        ``max_lines`` lines, everything before its last ``max_lines`` complete lines would be
+        pushed out anyway (a 256 KiB chunk of short lines is one ``rindex`` per kept line,
+        not a loop over thousands of lines).
+        """
+        if data.count(b"\n") > self.max_lines:
+            cut = len(data)
+            for _ in range(self.max_lines + 1):
+                cut = data.rindex(b"\n", 0, cut)
+            data = data[cut + 1 :]
+            self._partial.clear()
+            self._partial_cut = False
         *complete, rest = data.split(b"\n")
         for piece in complete:
             self._extend_partial(piece)
