@@ -29,6 +29,7 @@ reaches the command through its pipe).
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import re
@@ -63,6 +64,10 @@ FLUSH_INTERVAL_S = 0.03
 COULD_NOT_START = 127
 #: How often to look whether a signalled process group is gone.
 _GROUP_POLL_S = 0.05
+#: A pipe's default capacity on Linux; a read this big means the command fills its pipe.
+_PIPE_BYTES = 64 * 1024
+#: ``fcntl`` command that sets a pipe's capacity (Linux).
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 #: How long SIGKILLed members may take to disappear.
 _KILL_WAIT_S = 2.0
 #: The only environment variables a request may set (script parameters).
@@ -340,6 +345,7 @@ class _PipeReader:
     ):
         self._pipe = pipe
         self._chunk_bytes = chunk_bytes
+        self._widened = False
         self._kind = kind
         self._output = output
         self._buffer = bytearray()
@@ -369,6 +375,8 @@ class _PipeReader:
                 continue
             if not data:
                 break
+            if len(data) >= _PIPE_BYTES and not self._widened:
+                self._widen()
             if not isinstance(data, bytes):
                 data = bytes(data)
             if not self._buffer:
@@ -382,6 +390,17 @@ class _PipeReader:
             if len(self._buffer) >= self._chunk_bytes:
                 await self._flush()
         await self._flush()
+
+    def _widen(self) -> None:
+        """The command fills its pipe: make the pipe hold a whole chunk, so one read takes a
+        chunk instead of 64 KiB at a time. Only for such streams: pipe memory counts against
+        the user's pipe quota (``/proc/sys/fs/pipe-user-pages-soft``); refused is fine."""
+        self._widened = True
+        try:
+            fd = self._pipe.fileno()  # type: ignore[attr-defined]
+            fcntl.fcntl(fd, _F_SETPIPE_SZ, self._chunk_bytes)
+        except (OSError, AttributeError):
+            pass
 
     async def _flush(self) -> None:
         self._flush_at = math.inf

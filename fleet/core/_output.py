@@ -104,7 +104,11 @@ class OutputSummary:
         pushed out anyway (a 256 KiB chunk of short lines is one ``rindex`` per kept line,
         not a loop over thousands of lines).
         """
-        if data.count(b"\n") > self.max_lines:
+        newlines = data.count(b"\n")
+        if not newlines:  # part of one line: no split (which copies the chunk)
+            self._extend_partial(data)
+            return
+        if newlines > self.max_lines:
             cut = len(data)
             for _ in range(self.max_lines + 1):
                 cut = data.rindex(b"\n", 0, cut)
