@@ -376,11 +376,16 @@ def _accept_big_frames(stream: grpclib.server.Stream[Any, Any]) -> None:
     both ends pure-Python work in h2 and grpclib; the stream window still bounds what is in
     flight. Raised only after the handshake, so an unauthenticated peer cannot make the server
     buffer a big frame. grpclib has no setting for it: this sends h2's SETTINGS on the stream's
-    connection (``tests/integration/test_hostile_grpc.py`` fails if an upgrade moves them).
+    connection (``tests/integration/test_grpc_frames.py`` and ``test_hostile_grpc.py`` fail if an
+    upgrade moves them).
     """
     protocol_stream = stream._stream
     h2_connection = protocol_stream._h2_connection
-    if h2_connection.local_settings.max_frame_size < MAX_FRAME_BYTES:
+    if h2_connection.max_inbound_frame_size < MAX_FRAME_BYTES:
+        # Accepted from now on, not only once the peer acknowledges the SETTINGS: h2 (4.4.1)
+        # sets its frame buffer's limit once per `receive_data` call, so a read holding the
+        # peer's SETTINGS ACK and its first big frame would otherwise fail the connection.
+        h2_connection.max_inbound_frame_size = MAX_FRAME_BYTES
         h2_connection.update_settings({SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_BYTES})
         protocol_stream.connection.flush()
 
