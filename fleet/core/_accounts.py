@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from ._errors import ValidationError
@@ -192,8 +192,8 @@ def parse_timestamp(value: object, field: str) -> datetime:
             pass
         else:
             if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            return parsed.astimezone(UTC)
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            return parsed.astimezone(timezone.utc)
     raise ValidationError([{"field": field, "reason": "must be an ISO-8601 timestamp"}])
 
 

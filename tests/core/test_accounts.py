@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 import pytest
 
 from fleet import core
 from fleet.core import Role
 
-NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+NOW = datetime(2026, 11, 30, 9, 0, tzinfo=timezone.utc)
 GOOD = {"username": "alice", "password": "x" * 12, "role": "operator"}
 
 
@@ -32,7 +32,11 @@ def test_a_valid_user_is_normalised() -> None:
         "allowed_tags": ["web", "db"],
     }
     assert core.validate_user_body(GOOD)["allowed_tags"] == []
+    assert core.validate_user_body(GOOD | {"allowed_tags": None})["allowed_tags"] == []
     assert core.validate_user_body({"role": "viewer"}, partial=True) == {"role": Role.VIEWER}
+    assert core.validate_user_body({"allowed_tags": ["web"]}, partial=True) == {
+        "allowed_tags": ["web"]
+    }
 
 
 @pytest.mark.parametrize(
@@ -81,7 +85,7 @@ def test_login_bodies() -> None:
 def test_token_bodies() -> None:
     assert core.validate_token_body({"name": " ci "}, now=NOW) == {"name": "ci", "expires_at": None}
     later = core.validate_token_body({"name": "ci", "expires_at": "2026-12-01T00:00:00Z"}, now=NOW)
-    assert later["expires_at"] == datetime(2026, 12, 1, tzinfo=UTC)
+    assert later["expires_at"] == datetime(2026, 12, 1, tzinfo=timezone.utc)
     for body in (
         {"name": "ci", "expires_at": "2026-11-29"},
         {"name": "ci", "expires_at": "soon"},
