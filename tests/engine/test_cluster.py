@@ -297,6 +297,11 @@ async def test_an_adopted_batch_has_its_connected_agents_reconnect_to_reconcile(
             )
             first, second, _ = (c.id for c in record.children)
             a.cluster._db = FakeDb(record)  # type: ignore[assignment]
+
+            async def same_logs(record: Any) -> Any:
+                return record  # (writing them takes a real thread: not on the virtual clock)
+
+            a.cluster._local_logs = same_logs  # type: ignore[method-assign]
             here = FakeSession(1)
             a.cluster.registry.attach(here)
             a.hooks.connected(here, info([]))  # an old handshake: it predates the command
