@@ -159,7 +159,7 @@ async def _serve(
         deps = RunDeps(
             agents=registry,
             recorder=writeback,
-            feed=hub if cluster is None else ClusterFeed(hub, cluster.bus),
+            feed=hub if cluster is None else ClusterFeed(hub, cluster.bus, writeback),
             clock=WallClock(),
             timers=core.BatchTimers(
                 reconnect_grace_s=config.reconnect_grace_s,

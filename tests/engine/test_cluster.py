@@ -85,7 +85,7 @@ class Node:
         self.deps = RunDeps(
             agents=self.cluster.registry,
             recorder=self.recorder,
-            feed=ClusterFeed(self.hub, self.bus),  # type: ignore[arg-type]
+            feed=ClusterFeed(self.hub, self.bus, self.recorder),  # type: ignore[arg-type]
             clock=WallClock(),
             timers=core.BatchTimers(
                 reconnect_grace_s=GRACE, result_slack_s=SLACK, terminate_confirm_s=CONFIRM
@@ -152,11 +152,12 @@ async def test_a_child_reaches_an_agent_held_by_another_node(
             await _settle()
             assert run.batch.children[child_id].status is S.SUCCESS
             assert a.bus.chunks == [(child_id, "stdout", 0, b"hi\n")]  # for downloads anywhere
-            assert any('"NEW_LOG_OUTPUT"' in event for _, event in a.bus.feed)  # for feeds anywhere
             # Rows are forgotten, and the result acknowledged, once the change is committed.
             assert a.bus.handled == []
             assert a.bus.to_agents("b", "batch_result_ack") == []
+            assert a.bus.feed == []  # other nodes' subscribers get events once committed
             a.recorder.commit()
+            assert any('"NEW_LOG_OUTPUT"' in event for _, event in a.bus.feed)
             assert a.bus.handled == [out.id, result.id]
             assert a.bus.to_agents("b", "batch_result_ack") == [child_id]
             nursery.cancel_scope.cancel()

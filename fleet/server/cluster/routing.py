@@ -9,7 +9,7 @@ from typing import Any
 
 from fleet.proto import agent_service as pb
 from fleet.server.agents import AgentRegistry, SessionClosed
-from fleet.server.batchrun import Publisher
+from fleet.server.batchrun import Publisher, Recorder
 from fleet.server.supervisor import VPS_TOPIC
 
 from .bus import Bus
@@ -57,17 +57,20 @@ class ClusterRegistry(AgentRegistry):
 
 
 class ClusterFeed:
-    """The feed of batches run here: to local subscribers and, through the database, to every
-    other node (whose subscribers may watch them)."""
+    """The feed of batches run here: to local subscribers at once and, through the database,
+    to every other node once the change is committed there (a subscriber elsewhere reads its
+    snapshot from the store: an event it gets is never older than that snapshot)."""
 
-    def __init__(self, hub: Publisher, bus: Bus) -> None:
+    def __init__(self, hub: Publisher, bus: Bus, recorder: Recorder) -> None:
         self._hub = hub
         self._bus = bus
+        self._recorder = recorder
 
     def publish(self, batch_id: str, event: dict[str, Any]) -> None:
         self._hub.publish(batch_id, event)
         if batch_id != VPS_TOPIC:
-            self._bus.post_feed(batch_id, json.dumps(event))
+            text = json.dumps(event)
+            self._recorder.after_flush(lambda: self._bus.post_feed(batch_id, text))
 
     def has_subscribers(self, batch_id: str) -> bool:
         return True  # subscribers may be on another node
