@@ -15,7 +15,8 @@ from fleet.core import Role
 from fleet.server.records import AuditNote
 from fleet.server.store import Store
 
-T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+#: Tomorrow: creating a session sweeps the ones already expired by the real clock.
+T0 = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
 
 
 def note(action: str, **fields: object) -> AuditNote:
