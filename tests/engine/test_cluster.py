@@ -101,6 +101,13 @@ class Node:
         await nursery.start(self.supervisor.run)
         nursery.start_soon(self.cluster._handle_inbound)
 
+    def local_agent(self, vps_id: int) -> FakeSession:
+        """An agent whose stream this node holds (it listed no open command)."""
+        session = FakeSession(vps_id)
+        self.cluster.registry.attach(session)
+        self.hooks.connected(session, info([]))
+        return session
+
     def remote_agent(self, vps_id: int, node: str, open_ids: list[str] | None = None) -> None:
         ids = None if open_ids is None else frozenset(open_ids)
         self.arrive(presence=[Presence(vps_id, node, next(_ids), ids)])
@@ -219,9 +226,7 @@ async def test_a_stream_here_yields_to_a_newer_one_on_another_node(
         async with trio.open_nursery() as nursery:
             a = Node("a", tmp_path)
             await a.start(nursery)
-            session = FakeSession(1)
-            a.cluster.registry.attach(session)
-            a.hooks.connected(session, info([]))
+            session = a.local_agent(1)
             assert a.bus.presence == [(1, frozenset(), True)]
             a.remote_agent(1, "b", [])
             await _settle()
@@ -240,9 +245,7 @@ async def test_reports_for_batches_run_elsewhere_are_forwarded_without_credentia
         async with trio.open_nursery() as nursery:
             b = Node("b", tmp_path)
             await b.start(nursery)
-            session = FakeSession(7)
-            b.cluster.registry.attach(session)
-            b.hooks.connected(session, info([]))
+            session = b.local_agent(7)
             message = pb.MessageToServer(vps_db_id=7, agent_secret="s3cret", **_result("x-1"))
             b.hooks.message(session, message)
             (report,) = b.bus.reports
