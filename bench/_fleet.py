@@ -17,6 +17,7 @@ import httpx
 import trio
 import trio_websocket
 
+from fleet.cli.feedsocket import open_feed
 from fleet.core import BatchStatus, ChildStatus
 
 from ._processes import PY, open_log, spawn, split, stop_process, tail
@@ -212,8 +213,9 @@ async def watch_batch(
         with trio.fail_after(timeout):
             while feed.final_at is None:
                 try:
-                    async with trio_websocket.open_websocket_url(
+                    async with open_feed(
                         url,
+                        None,
                         extra_headers=headers,
                         max_message_size=256 * 1024 * 1024,
                         message_queue_size=4096,

@@ -33,7 +33,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import trio
-import trio_websocket
+
+from fleet.cli.feedsocket import open_feed
 
 from ._fleet import FINAL_BATCH, Api, Server, fleet_server, timed_batch
 from ._processes import PY, split, temp_dir, workers
@@ -199,7 +200,7 @@ async def _cross_node_feed(
     async def watch(server: Server, out: list[float]) -> None:
         url = f"{server.ws_url}/ws/batch_commands/{batch_id}"
         headers = [(b"Authorization", f"Bearer {server.token}".encode())]
-        async with trio_websocket.open_websocket_url(url, extra_headers=headers) as ws:
+        async with open_feed(url, None, extra_headers=headers) as ws:
             json.loads(await ws.get_message())
             subscribed.release()
             while True:

@@ -32,7 +32,8 @@ ROOT = Path(fleet.__file__).parent  # .../fleet
 GRPC_MODULES = {"fleet.server.rpc", "fleet.agent.link", "fleet.wire"}
 #: The ``fleet`` CLI: the light base install's client package.
 CLI_MODULES = {
-    "fleet.cli", "fleet.cli.main", "fleet.cli.client", "fleet.cli.watch", "fleet.cli.console",
+    "fleet.cli", "fleet.cli.main", "fleet.cli.client", "fleet.cli.watch", "fleet.cli.feedsocket",
+    "fleet.cli.console",
     "fleet.cli.follow", "fleet.cli.run", "fleet.cli.vps", "fleet.cli.scripts", "fleet.cli.batches",
     "fleet.cli.accounts", "fleet.cli.settings",
 }  # fmt: skip

@@ -21,7 +21,6 @@ from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
     HandshakeError,
-    open_websocket_url,
 )
 
 from fleet.core import STREAMS, BatchStatus, ChildStatus
@@ -35,6 +34,7 @@ from .client import (
     connection_problem,
     feed_path,
 )
+from .feedsocket import open_feed
 
 __all__ = [
     "FINAL_BATCH",
@@ -248,7 +248,7 @@ async def follow(
     failures = 0
     while not watch.final:
         try:
-            async with open_websocket_url(
+            async with open_feed(
                 url,
                 client.ws_ssl,
                 extra_headers=client.ws_headers,

@@ -179,3 +179,40 @@ async def test_follow_reports_refusals() -> None:
             with pytest.raises(TokenRefused):
                 await follow(FakeLogs(port, {}), BatchWatch(BATCH), lambda items: None)
             nursery.cancel_scope.cancel()
+
+
+async def test_follow_ends_cleanly_when_a_ping_arrives_while_it_closes() -> None:
+    """trio-websocket 0.12 answers a ping that arrives after it sent its close frame and fails on
+    it (python-trio/trio-websocket#184; Hypercorn pings as soon as it accepts): once the final
+    status is in, that failure is not the user's problem."""
+    import wsproto
+    from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+    async def handler(stream: trio.SocketStream) -> None:
+        ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        closing = False
+        while not closing:
+            ws.receive_data(await stream.receive_some(65536))
+            for event in ws.events():
+                if isinstance(event, Request):
+                    await stream.send_all(ws.send(AcceptConnection()))
+                    for message in (snapshot(task("c1")), done("c1"), FINAL):
+                        await stream.send_all(ws.send(TextMessage(json.dumps(message))))
+                elif isinstance(event, CloseConnection):
+                    await stream.send_all(b"\x89\x00")  # a ping, after the client's close
+                    await stream.send_all(ws.send(event.response()))
+                    closing = True
+        await stream.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            watch = BatchWatch(BATCH)
+            shown: list[Chunk | Gap | Ended] = []
+            await follow(FakeLogs(port, {}), watch, shown.extend)
+            returned = True  # a stray Cancelled would end the nursery before this line
+            nursery.cancel_scope.cancel()
+    assert returned
+    assert watch.final
+    assert shown == [Ended("c1")]
