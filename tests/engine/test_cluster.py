@@ -4,6 +4,7 @@ PostgreSQL is a fake that records what the node would write and feeds it what wo
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,10 @@ class Node:
     def arrive(self, **parts: Any) -> None:
         self.cluster._arrive(Inbound(**parts))
 
+    def feed_events(self) -> list[dict[str, Any]]:
+        """The feed events this node wrote for other nodes, in order."""
+        return [json.loads(event) for _, event in self.bus.feed]
+
     def report(self, vps_id: int, **payload: Any) -> Dispatch:
         message = pb.MessageToServer(vps_db_id=vps_id, **payload)
         return Dispatch(next(_ids), "report", vps_id, None, bytes(message), "b")
@@ -162,9 +167,14 @@ async def test_a_child_reaches_an_agent_held_by_another_node(
             # Rows are forgotten, and the result acknowledged, once the change is committed.
             assert a.bus.handled == []
             assert a.bus.to_agents("b", "batch_result_ack") == []
-            assert a.bus.feed == []  # other nodes' subscribers get events once committed
+            # Output reaches other nodes' subscribers at once (its offset places it), after its
+            # bytes; status changes once they are committed here.
+            assert [event["type"] for event in a.feed_events()] == ["NEW_LOG_OUTPUT"]
             a.recorder.commit()
-            assert any('"NEW_LOG_OUTPUT"' in event for _, event in a.bus.feed)
+            types = [event["type"] for event in a.feed_events()]
+            assert types[0] == "NEW_LOG_OUTPUT"
+            assert "CHILD_TASK_UPDATE" in types
+            assert "BATCH_TASK_UPDATE" in types
             assert a.bus.handled == [out.id, result.id]
             assert a.bus.to_agents("b", "batch_result_ack") == [child_id]
             nursery.cancel_scope.cancel()

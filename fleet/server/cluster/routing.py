@@ -58,8 +58,11 @@ class ClusterRegistry(AgentRegistry):
 
 class ClusterFeed:
     """The feed of batches run here: to local subscribers at once and, through the database,
-    to every other node once the change is committed there (a subscriber elsewhere reads its
-    snapshot from the store: an event it gets is never older than that snapshot)."""
+    to every other node. A status change travels once it is committed here (a subscriber
+    elsewhere reads its snapshot from the store: a status it gets is never older than that
+    snapshot); output travels at once, since its offset places it against any snapshot (the
+    overlap is skipped, as after a reconnect) and its bytes go in the same or an earlier
+    transaction (``RunDeps.chunks``)."""
 
     def __init__(self, hub: Publisher, bus: Bus, recorder: Recorder) -> None:
         self._hub = hub
@@ -70,7 +73,10 @@ class ClusterFeed:
         self._hub.publish(batch_id, event)
         if batch_id != VPS_TOPIC:
             text = json.dumps(event)
-            self._recorder.after_flush(lambda: self._bus.post_feed(batch_id, text))
+            if event.get("type") == "NEW_LOG_OUTPUT":
+                self._bus.post_feed(batch_id, text)
+            else:
+                self._recorder.after_flush(lambda: self._bus.post_feed(batch_id, text))
 
     def has_subscribers(self, batch_id: str) -> bool:
         return True  # subscribers may be on another node
