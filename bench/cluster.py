@@ -42,6 +42,7 @@ from ._report import BenchError, fmt, log, percentile, table
 
 DEFAULT_DSN = "postgres://postgres@127.0.0.1:5432/test"
 LEASE_S = 5.0
+PRINT_EVERY_MS = 50  # each agent of the feed measurement prints a line this often
 NODES = ("a", "b", "c")
 
 
@@ -161,7 +162,7 @@ async def _single(tmp: Path, n: int) -> dict[str, Any]:
     return {"final_s": run.final_s, "status": run.status}
 
 
-async def _feed_and_failover(tmp: Path, db: str, agents: int) -> dict[str, Any]:
+async def _feed_and_failover(tmp: Path, db: str, agents: int, *, failover: bool) -> dict[str, Any]:
     async with _cluster(tmp, db) as servers:
         a, b, c = servers
         async with Api(a) as api_a, Api(b) as api_b:
@@ -172,16 +173,23 @@ async def _feed_and_failover(tmp: Path, db: str, agents: int) -> dict[str, Any]:
                 await group.go(timeout=300)
                 await api_a.wait_online(agents, timeout=120)
                 delays, owner_delays = await _cross_node_feed(api_b, b, c, ids)
-                settle_s, statuses = await _failover(api_a, api_b, b, ids)
-    return {
-        "feed_p50_ms": percentile(delays, 50) * 1000 if delays else None,
-        "feed_p99_ms": percentile(delays, 99) * 1000 if delays else None,
-        "feed_lines": len(delays),
-        "owner_feed_p50_ms": percentile(owner_delays, 50) * 1000 if owner_delays else None,
-        "owner_feed_p99_ms": percentile(owner_delays, 99) * 1000 if owner_delays else None,
-        "failover_s": settle_s,
-        "failover_statuses": statuses,
-    }
+                result: dict[str, Any] = {
+                    "agents": agents,
+                    "lines_per_s": agents * 1000 // PRINT_EVERY_MS,
+                    "feed_p50_ms": percentile(delays, 50) * 1000 if delays else None,
+                    "feed_p99_ms": percentile(delays, 99) * 1000 if delays else None,
+                    "feed_lines": len(delays),
+                    "owner_feed_p50_ms": percentile(owner_delays, 50) * 1000
+                    if owner_delays
+                    else None,
+                    "owner_feed_p99_ms": percentile(owner_delays, 99) * 1000
+                    if owner_delays
+                    else None,
+                }
+                if failover:
+                    settle_s, statuses = await _failover(api_a, api_b, b, ids)
+                    result.update(failover_s=settle_s, failover_statuses=statuses)
+    return result
 
 
 async def _cross_node_feed(
@@ -197,7 +205,8 @@ async def _cross_node_feed(
         "import os, sys, time\n"
         f'while not os.path.exists("{gate}"): time.sleep(0.02)\n'
         "for i in range(40):\n"
-        "    sys.stdout.write(repr(time.time()) + chr(10)); sys.stdout.flush(); time.sleep(0.05)\n"
+        "    sys.stdout.write(repr(time.time()) + chr(10)); sys.stdout.flush()\n"
+        f"    time.sleep({PRINT_EVERY_MS / 1000})\n"
         "'"
     )
     batch_id = await api_b.post_batch(command, ids)
@@ -278,7 +287,7 @@ async def run(
     quick: bool = False, runs: int | None = None, agents: int | None = None
 ) -> dict[str, Any]:
     n = agents or (200 if quick else 1000)
-    failover_agents = 30 if quick else 60
+    feed_loads = (30,) if quick else (30, 60)  # real agents printing, 20 lines/s each
     dsn = os.environ.get("FLEET_TEST_POSTGRES_DSN") or DEFAULT_DSN
     result: dict[str, Any] = {"benchmark": "cluster", "agents_per_node": n, "lease_s": LEASE_S}
     with _database(dsn) as db:
@@ -286,10 +295,17 @@ async def run(
             result["spread"] = await _spread(tmp / "spread", db, n)
     async with temp_dir("fleet-bench-cluster-one-") as tmp:
         result["one_node"] = await _single(tmp, n)
-    with _database(dsn) as db:
-        async with temp_dir("fleet-bench-cluster-fail-") as tmp:
-            result["failover_agents"] = failover_agents
-            result.update(await _feed_and_failover(tmp, db, failover_agents))
+    result["feed"] = []
+    for k, load in enumerate(feed_loads):
+        last = k == len(feed_loads) - 1
+        with _database(dsn) as db:
+            async with temp_dir("fleet-bench-cluster-feed-") as tmp:
+                measured = await _feed_and_failover(tmp, db, load, failover=last)
+        if last:
+            result["failover_agents"] = load
+            result["failover_s"] = measured.pop("failover_s")
+            result["failover_statuses"] = measured.pop("failover_statuses")
+        result["feed"].append(measured)
     return result
 
 
@@ -300,12 +316,22 @@ def render(result: dict[str, Any]) -> str:
         ["1 node (SQLite), all agents", f"{3 * n}", fmt(result["one_node"]["final_s"], "s")],
     ]
     text = table(["'true' batch POST → final", "targets", "final"], rows)
+    feed_rows = [
+        [
+            f"{m['agents']} agents, {m['lines_per_s']:,} lines/s",
+            f"{fmt(m['feed_p50_ms'], 'ms')} / {fmt(m['feed_p99_ms'], 'ms')}",
+            f"{fmt(m['owner_feed_p50_ms'], 'ms')} / {fmt(m['owner_feed_p99_ms'], 'ms')}",
+            f"{m['feed_lines']:,}",
+        ]
+        for m in result["feed"]
+    ]
     text += (
-        f"\ncross-node feed (agents on b, batch run by b, watched on c): "
-        f"p50 {fmt(result['feed_p50_ms'], 'ms')} p99 {fmt(result['feed_p99_ms'], 'ms')} "
-        f"over {result['feed_lines']} lines (print → c's subscriber, end to end; on b, the "
-        f"owner: p50 {fmt(result['owner_feed_p50_ms'], 'ms')} "
-        f"p99 {fmt(result['owner_feed_p99_ms'], 'ms')})"
+        "\n\nfeed: print → subscriber, end to end (agents spread over a, b, c; batch run by b)\n"
+    )
+    text += table(
+        ["load", "on c (another node) p50/p99", "on b (the owner) p50/p99", "lines"], feed_rows
+    )
+    text += (
         f"\nfailover: SIGKILL of node b → its batch's last child settled in "
         f"{fmt(result['failover_s'], 's')} ({result['failover_agents']} real agents, "
         f"--node-lease {result['lease_s']:g}): {result['failover_statuses']}"
