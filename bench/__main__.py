@@ -47,11 +47,11 @@ async def _run(
     results: dict[str, Any] = {"machine": machine_notes(), "quick": quick, "results": {}}
     started = time.time()
     for name in names:
-        module = importlib.import_module(f"bench.{name}")
         budget = BUDGET[name][1 if quick else 0]
         log(f"{name}: starting (bounded to {budget} s)")
         t0 = time.perf_counter()
         try:
+            module = importlib.import_module(f"bench.{name}")
             with trio.fail_after(budget):
                 kwargs: dict[str, Any] = {"quick": quick}
                 if runs is not None and name != "idle":

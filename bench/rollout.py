@@ -21,20 +21,9 @@ from typing import Any
 
 import trio
 
-from ._common import (
-    Api,
-    BenchError,
-    agent_host_argvs,
-    fleet_server,
-    fmt,
-    log,
-    parse_iso,
-    percentile,
-    table,
-    temp_dir,
-    watch_batch,
-    workers,
-)
+from ._fleet import Api, agent_host_argvs, fleet_server, parse_iso, watch_batch
+from ._processes import temp_dir, workers
+from ._report import BenchError, fmt, log, percentile, table
 
 SLEEP_S = 0.2
 #: Prints "start end" on the agent's clock around the sleep.
