@@ -218,10 +218,13 @@ class ServerMetrics:
         if created_at is not None:
             elapsed = (datetime.now(UTC) - created_at).total_seconds()
             self.batch_duration.observe(max(elapsed, 0.0))
+        finished: Tally[str] = Tally()
         for task in batch.children.values():
-            self.children_finished.labels(task.status.value).inc()
+            finished[task.status.value] += 1
             if task.sent_at is not None and task.started_at is not None:
                 self.dispatch_to_start.observe(max(task.started_at - task.sent_at, 0.0))
+        for status, count in finished.items():  # one labelled child per status, not per task
+            self.children_finished.labels(status).inc(count)
 
     def output_received(self, stream: str, size: int) -> None:
         """``size`` bytes of a command's ``stream`` (stdout or stderr) arrived from its agent."""
