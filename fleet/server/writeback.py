@@ -16,13 +16,11 @@ from typing import TypeVar
 
 import trio
 
-from fleet.core import NotFound
-
 from .agents import AgentInfo
 from .dbthread import DbThread
 from .health import StoreHealth, storage_fault
 from .metrics import ServerMetrics
-from .store import UNSET, BatchUpdate, ChildUpdate, Store
+from .store import AGENT_FACTS, UNSET, BatchUpdate, ChildUpdate, Store
 
 __all__ = ["MAX_RETRY_S", "WriteBack"]
 
@@ -175,17 +173,9 @@ class WriteBack:
 
 
 def _record_infos(store: Store, infos: dict[int, tuple[AgentInfo, datetime]]) -> None:
-    for vps_id, (info, at) in infos.items():
-        try:
-            store.record_agent_seen(
-                vps_id,
-                hostname=info.hostname,
-                os_type=info.os_type,
-                os_name=info.os_name,
-                arch=info.arch,
-                kernel_version=info.kernel_version,
-                agent_version=info.agent_version,
-                seen_at=at,
-            )
-        except NotFound:
-            pass  # deleted while connected
+    store.record_agents_seen(
+        [
+            (vps_id, [getattr(info, name) for name in AGENT_FACTS], at)
+            for vps_id, (info, at) in infos.items()
+        ]
+    )

@@ -17,6 +17,7 @@ from fleet.core._errors import NotFound, ValidationError
 from fleet.core._status import BatchStatus, ChildStatus
 from fleet.server.dbthread import DbThread, open_db_thread
 from fleet.server.store import (
+    AGENT_FACTS,
     UNSET,
     BatchRecord,
     BatchUpdate,
@@ -174,16 +175,6 @@ def test_vps_not_found(store: Store) -> None:
         lambda: store.delete_vps(7),
         lambda: store.set_vps_secret(7, "h"),
         lambda: store.update_vps(7, name="x"),
-        lambda: store.record_agent_seen(
-            7,
-            hostname=None,
-            os_type=None,
-            os_name=None,
-            arch=None,
-            kernel_version=None,
-            agent_version=None,
-            seen_at=T0,
-        ),
     ):
         with pytest.raises(NotFound):
             call()
@@ -203,16 +194,8 @@ def test_vps_duplicate_names(store: Store) -> None:
 def test_agent_seen(store: Store) -> None:
     a, b = store.create_vps("a", [], "h"), store.create_vps("b", [], "h")
     paris = timezone(timedelta(hours=2))
-    store.record_agent_seen(
-        a.id,
-        hostname="host-a",
-        os_type="linux",
-        os_name="Debian 12",
-        arch="x86_64",
-        kernel_version="6.1.0",
-        agent_version="0.1.0",
-        seen_at=datetime(2024, 5, 1, 14, 0, tzinfo=paris),
-    )
+    facts = ["host-a", "linux", "Debian 12", "x86_64", "6.1.0", "0.1.0"]
+    store.record_agents_seen([(a.id, facts, datetime(2024, 5, 1, 14, 0, tzinfo=paris))])
     got = store.get_vps(a.id)
     assert (got.hostname, got.os_type, got.os_name, got.arch) == (
         "host-a",
@@ -228,6 +211,24 @@ def test_agent_seen(store: Store) -> None:
     store.touch_vps_seen({})
     assert store.get_vps(a.id).last_seen_at == T0 + timedelta(seconds=1)
     assert store.get_vps(b.id).last_seen_at == T0
+
+
+def test_many_agents_seen_in_one_transaction(store: Store) -> None:
+    a, b = store.create_vps("a", [], "h"), store.create_vps("b", [], "h")
+    facts = ["host-b", "linux", "Alpine 3.20", "aarch64", "6.6.0", "0.2.0"]
+    store.record_agents_seen(
+        [
+            (b.id, facts, T0 + timedelta(seconds=5)),
+            (999, facts, T0),  # deleted while connected: ignored
+        ]
+    )
+    store.record_agents_seen([])
+    got = store.get_vps(b.id)
+    assert [getattr(got, name) for name in AGENT_FACTS] == facts
+    assert got.last_seen_at == T0 + timedelta(seconds=5)
+    untouched = store.get_vps(a.id)
+    assert untouched.hostname is None
+    assert untouched.last_seen_at is None
 
 
 # -- scripts -------------------------------------------------------------------------------

@@ -42,10 +42,11 @@ from fleet.server.records import (
 
 from .accounts import AccountStore
 from .batches import BatchOptions, BatchStore
-from .inventory import InventoryStore
+from .inventory import AGENT_FACTS, InventoryStore
 from .schema import add_missing_columns, bind_args, define_entities, protect_audit_log
 
 __all__ = [
+    "AGENT_FACTS",
     "UNSET",
     "AuditNote",
     "AuditRecord",

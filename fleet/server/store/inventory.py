@@ -14,9 +14,13 @@ from fleet.core import NotFound
 from fleet.server.records import AuditNote, ScriptRecord, VpsRecord
 
 from .base import StoreBase, chunks, db_session, duplicate
-from .schema import aware, to_db, utcnow
+from .schema import aware, utcnow
 
-__all__ = ["InventoryStore"]
+__all__ = ["AGENT_FACTS", "InventoryStore"]
+
+
+#: What a connecting agent says about its machine, as the ``vps`` columns that keep it.
+AGENT_FACTS = ("hostname", "os_type", "os_name", "arch", "kernel_version", "agent_version")
 
 
 class InventoryStore(StoreBase):
@@ -127,29 +131,16 @@ class InventoryStore(StoreBase):
         return [(int(v.id), str(v.secret_hash)) for v in self._e.Vps.select()]
 
     @db_session
-    def record_agent_seen(
-        self,
-        vps_id: int,
-        *,
-        hostname: str | None,
-        os_type: str | None,
-        os_name: str | None,
-        arch: str | None,
-        kernel_version: str | None,
-        agent_version: str | None,
-        seen_at: datetime,
-    ) -> None:
-        """Store what a connecting agent reported. Raises NotFound for an unknown VPS."""
-        vps = self._vps(vps_id)
-        vps.set(
-            hostname=hostname,
-            os_type=os_type,
-            os_name=os_name,
-            arch=arch,
-            kernel_version=kernel_version,
-            agent_version=agent_version,
-            last_seen_at=to_db(seen_at),
-        )
+    def record_agents_seen(self, seen: Sequence[tuple[int, Sequence[str], datetime]]) -> None:
+        """Store what connecting agents reported, many in one transaction (one statement per
+        page, not a read and a write per VPS): each item is ``(vps_id, facts, seen_at)`` with
+        the facts in ``AGENT_FACTS`` order. Unknown ids (deleted while connected) are ignored."""
+        rows = [(*facts, self._sql.dt(at), vps_id) for vps_id, facts, at in seen]
+        if rows:
+            ph = self._sql.ph
+            columns = ", ".join(f"{name} = {ph}" for name in (*AGENT_FACTS, "last_seen_at"))
+            sql = f"UPDATE vps SET {columns} WHERE id = {ph}"
+            self._sql.execute_many(self._cursor(), sql, rows)
 
     @db_session
     def touch_vps_seen(self, updates: dict[int, datetime]) -> None:
