@@ -19,6 +19,11 @@ from .schema import aware, utcnow
 __all__ = ["AGENT_FACTS", "InventoryStore"]
 
 
+_VPS_COLS = (
+    "id, name, tags, created_at, updated_at, last_seen_at, "
+    "hostname, os_name, os_type, arch, kernel_version, agent_version"
+)
+
 #: What a connecting agent says about its machine, as the ``vps`` columns that keep it.
 AGENT_FACTS = ("hostname", "os_type", "os_name", "arch", "kernel_version", "agent_version")
 
@@ -27,6 +32,30 @@ class InventoryStore(StoreBase):
     """The store's inventory tables (``vps``, ``script``)."""
 
     # -- VPSes -------------------------------------------------------------------------------
+
+    def _vps_rows(self, where: str = "", params: Sequence[Any] = ()) -> list[VpsRecord]:
+        """VPS records read with one plain query (no ORM objects: 10,000 rows for a batch or
+        a page of the inventory cost a few milliseconds, not a second), by id."""
+        cur = self._cursor()
+        cur.execute(f"SELECT {_VPS_COLS} FROM vps {where} ORDER BY id", tuple(params))
+        sql = self._sql
+        return [
+            VpsRecord(
+                id=row[0],
+                name=row[1],
+                tags=tuple(sql.json_out(row[2])),
+                created_at=sql.dt_req(row[3]),
+                updated_at=sql.dt_req(row[4]),
+                last_seen_at=sql.dt_out(row[5]),
+                hostname=row[6],
+                os_name=row[7],
+                os_type=row[8],
+                arch=row[9],
+                kernel_version=row[10],
+                agent_version=row[11],
+            )
+            for row in cur.fetchall()
+        ]
 
     @staticmethod
     def _vps_record(v: Any) -> VpsRecord:
@@ -69,7 +98,7 @@ class InventoryStore(StoreBase):
     @db_session
     def list_vps(self) -> list[VpsRecord]:
         """Every VPS, by id."""
-        return [self._vps_record(v) for v in self._e.Vps.select().order_by(self._e.Vps.id)]
+        return self._vps_rows()
 
     @db_session
     def get_vps(self, vps_id: int) -> VpsRecord:
@@ -90,10 +119,11 @@ class InventoryStore(StoreBase):
     @db_session
     def get_vps_many(self, ids: Iterable[int]) -> dict[int, VpsRecord]:
         """The VPSes among ``ids`` that exist, by id."""
-        Vps, found = self._e.Vps, {}
+        found = {}
         for chunk in chunks(sorted(set(ids))):
-            for v in orm.select(v for v in Vps if v.id in chunk):
-                found[v.id] = self._vps_record(v)
+            marks = ", ".join([self._sql.ph] * len(chunk))
+            for record in self._vps_rows(f"WHERE id IN ({marks})", chunk):
+                found[record.id] = record
         return found
 
     @db_session
