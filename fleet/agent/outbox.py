@@ -6,8 +6,9 @@ which rewinds every command so that what may have been lost with the old link go
 
 Rules (the server relies on them):
 
-1. Per command, messages leave in this order: its ``BatchCommandAck`` and
-   ``BatchCommandStarted`` (control messages, sent once, oldest first), its output chunks in the
+1. Per command, messages leave in this order: its ``BatchCommandAck`` (only for a duplicate or
+   a rejection) and ``BatchCommandStarted`` (control messages, sent once, oldest first; the
+   start is the acceptance of a command that runs), its output chunks in the
    order they were produced (stdout and stderr interleaved), and last its
    ``BatchCommandResult``, only once every chunk before it has been taken.
 2. ``offset`` is the chunk's byte position in its stream *as the server receives it*. A chunk

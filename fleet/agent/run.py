@@ -394,7 +394,10 @@ class _Agent:
         control = CommandControl()
         self._running[command_id] = control
         self._outbox.open(command_id)
-        self._ack(command_id, True, "")
+        # No ``BatchCommandAck(accepted)`` here: ``BatchCommandStarted`` says it, a moment later
+        # (journal, then process start), and a command that cannot start is answered by its
+        # result. One message fewer per command on both ends; a duplicate or a rejection is
+        # still answered with an ack at once.
         logger.info("command=%s accepted", command_id)
         self._nursery.start_soon(
             self.run_one, CommandSpec.from_request(request), control, name=f"command {command_id}"
