@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,115 +139,110 @@ async def _settle() -> None:
     await trio.testing.wait_all_tasks_blocked()
 
 
+@asynccontextmanager
+async def running_node(tmp_path: Path) -> AsyncIterator[Node]:
+    """Node "a" running (supervisor and inbound handling) for one test, bounded in time."""
+    with trio.fail_after(600):
+        async with trio.open_nursery() as nursery:
+            node = Node("a", tmp_path)
+            await node.start(nursery)
+            yield node
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_child_reaches_an_agent_held_by_another_node(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
-    with trio.fail_after(600):
-        async with trio.open_nursery() as nursery:
-            a = Node("a", tmp_path)
-            await a.start(nursery)
-            a.remote_agent(1, "b", [])
-            await _settle()
-            run = a.supervisor.submit(make_batch(tmp_path, [1]))
-            await _settle()
-            (child_id,) = run.batch.children
-            # The command went out as a row for node b, which holds the agent's stream.
-            assert a.bus.to_agents("b", "batch_agent_command_request") == [child_id]
-            assert run.batch.children[child_id].status is S.SENT_TO_AGENT
-            # b forwards the agent's output and result; the owner applies them.
-            out = a.report(
-                1,
-                batch_command_output_stream=pb.BatchCommandOutputStream(
-                    command_id=child_id, stream_type=pb.OutputType.STDOUT, chunk=b"hi\n", offset=0
-                ),
-            )
-            result = a.report(1, **_result(child_id))
-            a.arrive(dispatch=[out, result])
-            await _settle()
-            assert run.batch.children[child_id].status is S.SUCCESS
-            assert a.bus.chunks == [(child_id, "stdout", 0, b"hi\n")]  # for downloads anywhere
-            # Rows are forgotten, and the result acknowledged, once the change is committed.
-            assert a.bus.handled == []
-            assert a.bus.to_agents("b", "batch_result_ack") == []
-            # Output reaches other nodes' subscribers at once (its offset places it), after its
-            # bytes; status changes once they are committed here.
-            assert [event["type"] for event in a.feed_events()] == ["NEW_LOG_OUTPUT"]
-            a.recorder.commit()
-            types = [event["type"] for event in a.feed_events()]
-            assert types[0] == "NEW_LOG_OUTPUT"
-            assert "CHILD_TASK_UPDATE" in types
-            assert "BATCH_TASK_UPDATE" in types
-            assert a.bus.handled == [out.id, result.id]
-            assert a.bus.to_agents("b", "batch_result_ack") == [child_id]
-            nursery.cancel_scope.cancel()
+    async with running_node(tmp_path) as a:
+        a.remote_agent(1, "b", [])
+        await _settle()
+        run = a.supervisor.submit(make_batch(tmp_path, [1]))
+        await _settle()
+        (child_id,) = run.batch.children
+        # The command went out as a row for node b, which holds the agent's stream.
+        assert a.bus.to_agents("b", "batch_agent_command_request") == [child_id]
+        assert run.batch.children[child_id].status is S.SENT_TO_AGENT
+        # b forwards the agent's output and result; the owner applies them.
+        out = a.report(
+            1,
+            batch_command_output_stream=pb.BatchCommandOutputStream(
+                command_id=child_id, stream_type=pb.OutputType.STDOUT, chunk=b"hi\n", offset=0
+            ),
+        )
+        result = a.report(1, **_result(child_id))
+        a.arrive(dispatch=[out, result])
+        await _settle()
+        assert run.batch.children[child_id].status is S.SUCCESS
+        assert a.bus.chunks == [(child_id, "stdout", 0, b"hi\n")]  # for downloads anywhere
+        # Rows are forgotten, and the result acknowledged, once the change is committed.
+        assert a.bus.handled == []
+        assert a.bus.to_agents("b", "batch_result_ack") == []
+        # Output reaches other nodes' subscribers at once (its offset places it), after its
+        # bytes; status changes once they are committed here.
+        assert [event["type"] for event in a.feed_events()] == ["NEW_LOG_OUTPUT"]
+        a.recorder.commit()
+        types = [event["type"] for event in a.feed_events()]
+        assert types[0] == "NEW_LOG_OUTPUT"
+        assert "CHILD_TASK_UPDATE" in types
+        assert "BATCH_TASK_UPDATE" in types
+        assert a.bus.handled == [out.id, result.id]
+        assert a.bus.to_agents("b", "batch_result_ack") == [child_id]
 
 
 async def test_a_terminate_travels_to_the_node_holding_the_agent(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
-    with trio.fail_after(600):
-        async with trio.open_nursery() as nursery:
-            a = Node("a", tmp_path)
-            await a.start(nursery)
-            a.remote_agent(1, "c", [])
-            await _settle()
-            run = a.supervisor.submit(make_batch(tmp_path, [1]))
-            await _settle()
-            (child_id,) = run.batch.children
-            # A terminate asked on another node arrives as a row for the owner.
-            payload = f'{{"batch_id": "{run.id}", "child_id": null}}'.encode()
-            a.arrive(dispatch=[Dispatch(next(_ids), "terminate", 0, run.id, payload, "b")])
-            await _settle()
-            assert a.bus.to_agents("c", "batch_terminate_command_request") == [child_id]
-            assert run.batch.children[child_id].status is S.TERMINATING
-            nursery.cancel_scope.cancel()
+    async with running_node(tmp_path) as a:
+        a.remote_agent(1, "c", [])
+        await _settle()
+        run = a.supervisor.submit(make_batch(tmp_path, [1]))
+        await _settle()
+        (child_id,) = run.batch.children
+        # A terminate asked on another node arrives as a row for the owner.
+        payload = f'{{"batch_id": "{run.id}", "child_id": null}}'.encode()
+        a.arrive(dispatch=[Dispatch(next(_ids), "terminate", 0, run.id, payload, "b")])
+        await _settle()
+        assert a.bus.to_agents("c", "batch_terminate_command_request") == [child_id]
+        assert run.batch.children[child_id].status is S.TERMINATING
 
 
 async def test_an_agent_moving_between_nodes_is_reconciled_not_rerun(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
-    with trio.fail_after(600):
-        async with trio.open_nursery() as nursery:
-            a = Node("a", tmp_path)
-            await a.start(nursery)
-            a.remote_agent(1, "b", [])
-            a.remote_agent(2, "b", [])
-            await _settle()
-            run = a.supervisor.submit(make_batch(tmp_path, [1, 2]))
-            await _settle()
-            first, second = run.batch.children
-            # b dies: its agents' presence goes; both children wait out the reconnect grace.
-            a.arrive(presence=[Presence(1, None), Presence(2, None)])
-            await _settle()
-            assert not a.cluster.registry.is_online(1)
-            # They come back on c: agent 1 holds its command, agent 2 never received its own.
-            a.remote_agent(1, "c", [first])
-            a.remote_agent(2, "c", [])
-            await _settle()
-            assert a.bus.to_agents("c", "batch_agent_command_request") == [second]
-            assert run.batch.children[first].status is S.SENT_TO_AGENT  # waits for its result
-            await trio.sleep(GRACE + 1)
-            assert run.batch.children[first].status is S.SENT_TO_AGENT
-            nursery.cancel_scope.cancel()
+    async with running_node(tmp_path) as a:
+        a.remote_agent(1, "b", [])
+        a.remote_agent(2, "b", [])
+        await _settle()
+        run = a.supervisor.submit(make_batch(tmp_path, [1, 2]))
+        await _settle()
+        first, second = run.batch.children
+        # b dies: its agents' presence goes; both children wait out the reconnect grace.
+        a.arrive(presence=[Presence(1, None), Presence(2, None)])
+        await _settle()
+        assert not a.cluster.registry.is_online(1)
+        # They come back on c: agent 1 holds its command, agent 2 never received its own.
+        a.remote_agent(1, "c", [first])
+        a.remote_agent(2, "c", [])
+        await _settle()
+        assert a.bus.to_agents("c", "batch_agent_command_request") == [second]
+        assert run.batch.children[first].status is S.SENT_TO_AGENT  # waits for its result
+        await trio.sleep(GRACE + 1)
+        assert run.batch.children[first].status is S.SENT_TO_AGENT
 
 
 async def test_a_stream_here_yields_to_a_newer_one_on_another_node(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
-    with trio.fail_after(600):
-        async with trio.open_nursery() as nursery:
-            a = Node("a", tmp_path)
-            await a.start(nursery)
-            session = a.local_agent(1)
-            assert a.bus.presence == [(1, frozenset(), True)]
-            a.remote_agent(1, "b", [])
-            await _settle()
-            assert session.closed  # the newest stream wins, cluster-wide
-            a.cluster.registry.detach(session)
-            a.hooks.disconnected(session)
-            assert a.bus.presence[-1] == (1, None, False)  # deleted only if still ours (SQL)
-            assert a.cluster.registry.is_online(1)  # through b
-            nursery.cancel_scope.cancel()
+    async with running_node(tmp_path) as a:
+        session = a.local_agent(1)
+        assert a.bus.presence == [(1, frozenset(), True)]
+        a.remote_agent(1, "b", [])
+        await _settle()
+        assert session.closed  # the newest stream wins, cluster-wide
+        a.cluster.registry.detach(session)
+        a.hooks.disconnected(session)
+        assert a.bus.presence[-1] == (1, None, False)  # deleted only if still ours (SQL)
+        assert a.cluster.registry.is_online(1)  # through b
 
 
 async def test_reports_for_batches_run_elsewhere_are_forwarded_without_credentials(
@@ -273,19 +270,15 @@ async def test_reports_for_batches_run_elsewhere_are_forwarded_without_credentia
 async def test_reports_wait_while_batches_are_being_adopted(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
-    with trio.fail_after(600):
-        async with trio.open_nursery() as nursery:
-            a = Node("a", tmp_path)
-            await a.start(nursery)
-            a.cluster._adopting = trio.Event()
-            a.arrive(dispatch=[a.report(1, **_result("adopted-1"))])
-            await _settle()
-            assert a.bus.messages == []  # not acknowledged as unknown: its batch is on its way
-            gate, a.cluster._adopting = a.cluster._adopting, None
-            gate.set()
-            await _settle()
-            assert a.bus.messages == []  # agent 1 is connected nowhere: nothing to send to
-            nursery.cancel_scope.cancel()
+    async with running_node(tmp_path) as a:
+        a.cluster._adopting = trio.Event()
+        a.arrive(dispatch=[a.report(1, **_result("adopted-1"))])
+        await _settle()
+        assert a.bus.messages == []  # not acknowledged as unknown: its batch is on its way
+        gate, a.cluster._adopting = a.cluster._adopting, None
+        gate.set()
+        await _settle()
+        assert a.bus.messages == []  # agent 1 is connected nowhere: nothing to send to
 
 
 class FakeDb:
@@ -299,39 +292,35 @@ class FakeDb:
 async def test_an_adopted_batch_has_its_connected_agents_reconnect_to_reconcile(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
-    with trio.fail_after(600):
-        async with trio.open_nursery() as nursery:
-            a = Node("a", tmp_path)
-            await a.start(nursery)
-            record = make_batch(
-                tmp_path / "logs",
-                [1, 2, 3],
-                status=core.BatchStatus.IN_PROGRESS,
-                children=[(S.EXECUTING, None), (S.SENT_TO_AGENT, None), (S.SUCCESS, 0)],
-            )
-            first, second, _ = (c.id for c in record.children)
-            a.cluster._db = FakeDb(record)  # type: ignore[assignment]
+    async with running_node(tmp_path) as a:
+        record = make_batch(
+            tmp_path / "logs",
+            [1, 2, 3],
+            status=core.BatchStatus.IN_PROGRESS,
+            children=[(S.EXECUTING, None), (S.SENT_TO_AGENT, None), (S.SUCCESS, 0)],
+        )
+        first, second, _ = (c.id for c in record.children)
+        a.cluster._db = FakeDb(record)  # type: ignore[assignment]
 
-            async def same_logs(record: Any) -> Any:
-                return record  # (writing them takes a real thread: not on the virtual clock)
+        async def same_logs(record: Any) -> Any:
+            return record  # (writing them takes a real thread: not on the virtual clock)
 
-            a.cluster._local_logs = same_logs  # type: ignore[method-assign]
-            here = FakeSession(1)
-            a.cluster.registry.attach(here)
-            a.hooks.connected(here, info([]))  # an old handshake: it predates the command
-            a.remote_agent(2, "c", [])
-            a.remote_agent(3, "c", [])
-            await _settle()
-            await a.cluster._resume(record.id)
-            run = a.supervisor.get(record.id)
-            assert run is not None
-            # Their handshakes are stale: the agents of live children reconnect and say anew.
-            assert here.closed
-            resync = [m for m in a.bus.messages if m[1] == "resync"]
-            assert [(m[0], m[2]) for m in resync] == [("c", 2)]  # 3's child has ended
-            assert run.batch.children[first].status is S.EXECUTING  # not "came back without"
-            a.remote_agent(2, "b", [second])  # its fresh handshake holds the command
-            await _settle()
-            assert run.batch.children[second].status is S.SENT_TO_AGENT
-            assert a.bus.to_agents("b", "batch_agent_command_request") == []  # not sent twice
-            nursery.cancel_scope.cancel()
+        a.cluster._local_logs = same_logs  # type: ignore[method-assign]
+        here = FakeSession(1)
+        a.cluster.registry.attach(here)
+        a.hooks.connected(here, info([]))  # an old handshake: it predates the command
+        a.remote_agent(2, "c", [])
+        a.remote_agent(3, "c", [])
+        await _settle()
+        await a.cluster._resume(record.id)
+        run = a.supervisor.get(record.id)
+        assert run is not None
+        # Their handshakes are stale: the agents of live children reconnect and say anew.
+        assert here.closed
+        resync = [m for m in a.bus.messages if m[1] == "resync"]
+        assert [(m[0], m[2]) for m in resync] == [("c", 2)]  # 3's child has ended
+        assert run.batch.children[first].status is S.EXECUTING  # not "came back without"
+        a.remote_agent(2, "b", [second])  # its fresh handshake holds the command
+        await _settle()
+        assert run.batch.children[second].status is S.SENT_TO_AGENT
+        assert a.bus.to_agents("b", "batch_agent_command_request") == []  # not sent twice
