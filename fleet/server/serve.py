@@ -199,46 +199,50 @@ async def _serve(
             health=health,
             cluster=cluster,
         )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(writeback.run)
-            if config.db_url is None:
-                nursery.start_soon(watch_store_file, data_dir / "fleet.db", health)
-            await nursery.start(supervisor.run)
-            hooks: rpc.AgentHooks = supervisor
-            if cluster is None:
-                await _resume(db, supervisor)
-            else:
-                cluster.attach(supervisor, db, hub, writeback, credentials)
-                await nursery.start(cluster.run)
-                hooks = ClusterHooks(supervisor, cluster)
-            grpc_port = await nursery.start(
-                functools.partial(rpc.serve, refusals=refusals),
-                config,
-                credentials,
-                registry,
-                hooks,
-            )
-            grpc_host, _ = config.grpc_endpoint
-            services.grpc_address = f"{_url_host(grpc_host)}:{grpc_port}"
-            http_url = await nursery.start(_serve_http, config, services)
-            metrics_url = None
-            if (endpoint := config.metrics_endpoint) is not None:
-                metrics_url = await nursery.start(serve_metrics, metrics, *endpoint)
-            if config.demo:
-                from . import demo
-
-                await nursery.start(demo.run_agents, config, services)
-            lock.describe(f"pid {os.getpid()}, http {http_url}, grpc {services.grpc_address}")
-            task_status.started(
-                Endpoints(
-                    http_url=http_url,
-                    grpc_address=services.grpc_address,
-                    grpc_port=grpc_port,
-                    token=token,
-                    services=services,
-                    metrics_url=metrics_url,
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(writeback.run)
+                if config.db_url is None:
+                    nursery.start_soon(watch_store_file, data_dir / "fleet.db", health)
+                await nursery.start(supervisor.run)
+                hooks: rpc.AgentHooks = supervisor
+                if cluster is None:
+                    await _resume(db, supervisor)
+                else:
+                    cluster.attach(supervisor, db, hub, writeback, credentials)
+                    await nursery.start(cluster.run)
+                    hooks = ClusterHooks(supervisor, cluster)
+                grpc_port = await nursery.start(
+                    functools.partial(rpc.serve, refusals=refusals),
+                    config,
+                    credentials,
+                    registry,
+                    hooks,
                 )
-            )
+                grpc_host, _ = config.grpc_endpoint
+                services.grpc_address = f"{_url_host(grpc_host)}:{grpc_port}"
+                http_url = await nursery.start(_serve_http, config, services)
+                metrics_url = None
+                if (endpoint := config.metrics_endpoint) is not None:
+                    metrics_url = await nursery.start(serve_metrics, metrics, *endpoint)
+                if config.demo:
+                    from . import demo
+
+                    await nursery.start(demo.run_agents, config, services)
+                lock.describe(f"pid {os.getpid()}, http {http_url}, grpc {services.grpc_address}")
+                task_status.started(
+                    Endpoints(
+                        http_url=http_url,
+                        grpc_address=services.grpc_address,
+                        grpc_port=grpc_port,
+                        token=token,
+                        services=services,
+                        metrics_url=metrics_url,
+                    )
+                )
+        finally:
+            if cluster is not None:  # stopped (its last changes flushed): adopt it now
+                await cluster.release()
 
 
 async def _serve_http(

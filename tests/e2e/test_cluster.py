@@ -154,3 +154,50 @@ async def _scenario(nodes: list[Node], agents: list[trio.Process], tmp_path: Pat
         batch = await _run(b, ids, "echo again")
         body, _ = await _follow(c, batch)
         assert body["overall_status"] == "COMPLETED_SUCCESSFULLY", body
+
+
+async def test_a_node_stopped_on_purpose_gives_up_its_lease(tmp_path: Path) -> None:
+    """SIGTERM to the node running a batch: it commits, then gives up its lease (instead of
+    holding it a lease longer, up to 15 s), so a live node adopts the batch at its next look;
+    the batch finishes there and nothing runs twice."""
+    import psycopg2
+
+    dsn = postgres_dsn()
+    with fresh_database(dsn) as db:
+        nodes = [Node(n, tmp_path / n, db, lease_s=15.0) for n in ("node-a", "node-b")]
+        agents: list[trio.Process] = []
+        try:
+            with trio.fail_after(120):
+                node_a, node_b = nodes
+                await node_a.start()
+                await node_b.start(node_a.token)
+                async with node_a.client() as a, node_b.client() as b:
+                    vpses = [(await a.post("/api/vps", json={"name": f"g{i}"})).json()
+                             for i in range(2)]  # fmt: skip
+                    ids = [int(v["id"]) for v in vpses]
+                    servers = [node_b.grpc, node_a.grpc]
+                    for i, vps in enumerate(vpses):
+                        order = servers[i:] + servers[:i]  # one agent on each node
+                        marker = tmp_path / f"marker-{vps['id']}"
+                        agents.append(await start_agent(order, vps, tmp_path, marker))
+                    await _wait_online(a, set(ids))
+                    batch = await _run(b, ids, 'echo "start" >> "$MARKER.g"; sleep 2; echo done')
+                    await _follow(a, batch, _all("EXECUTING"))
+                    await node_b.stop()  # SIGTERM: a graceful stop
+                    assert node_b.process is not None
+                    assert node_b.process.returncode == 0
+                    with psycopg2.connect(db) as conn, conn.cursor() as cur:
+                        cur.execute(
+                            "SELECT lease_until <= now() FROM fleet_node WHERE name = 'node-b'"
+                        )
+                        row = cur.fetchone()
+                    # Given up (or already adopted: the row is gone), not held 15 s more.
+                    assert row is None or row[0] is True
+                    body, _ = await _follow(a, batch)
+                    assert body["overall_status"] == "COMPLETED_SUCCESSFULLY", body
+                    for vps_id in ids:
+                        assert (tmp_path / f"marker-{vps_id}.g").read_text() == "start\n"
+        finally:
+            await stop_all(agents)
+            for node in nodes:
+                await node.stop()

@@ -142,6 +142,19 @@ def test_a_restarted_node_keeps_its_batches_and_forgets_its_agents(
     conn.close()
 
 
+def test_a_released_lease_is_adopted_at_once(database: str, tmp_path: Path) -> None:
+    conn = _connect(database)
+    cur = conn.cursor()
+    sql.register(cur, "a", "one", 10, "h", "g")
+    sql.register(cur, "b", "inc-b", 10, "h", "g")
+    batch = _batch(database, tmp_path, "b", [5])
+    assert sql.adopt(cur, "a") == ([], [])  # b's lease runs 10 s more
+    assert not sql.release(cur, "b", "another")  # only its own incarnation gives it up
+    assert sql.release(cur, "b", "inc-b")
+    assert sql.adopt(cur, "a") == (["b"], [batch.id])
+    conn.close()
+
+
 def test_presence_is_deleted_only_by_the_node_holding_it(database: str) -> None:
     conn = _connect(database)
     cur = conn.cursor()

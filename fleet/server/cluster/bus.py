@@ -157,6 +157,23 @@ class Bus:
             os.close(self._wake_r)
             os.close(self._wake_w)
 
+    async def call_once(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(cursor, *args)`` on a connection of its own, in a worker thread (for when the
+        bus thread is gone: the node stops). Raises the database's error."""
+
+        def run() -> T:
+            import psycopg2  # type: ignore[import-untyped,unused-ignore]
+
+            conn = psycopg2.connect(**self._args)
+            try:
+                conn.autocommit = True
+                with conn.cursor() as cur:
+                    return fn(cur, *args)
+            finally:
+                conn.close()
+
+        return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(cursor, *args)`` in the bus thread (after what is queued) and return."""
         done = trio.Event()

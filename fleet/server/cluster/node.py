@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 RESYNC = "its batches moved to another server of the cluster: reconnect to reconcile"
 #: How often the agents' credentials are read again (VPSes created or changed elsewhere).
 CREDENTIALS_S = 1.0
+#: How long a stopping node tries to give up its lease.
+RELEASE_S = 5.0
 
 
 class ClusterNode:
@@ -84,6 +86,7 @@ class ClusterNode:
         self._hub: Publisher | None = None
         self._recorder: Recorder | None = None
         self._credentials: Credentials | None = None
+        self._joined = False  # registered: there is a lease to give up
 
     def attach(
         self,
@@ -120,6 +123,7 @@ class ClusterNode:
             await self.bus.call(
                 sql.register, self.name, self.incarnation, self.lease_s, config.http, config.grpc
             )
+            self._joined = True
             self.bus.keep_lease(self.incarnation, self.lease_s)
             for presence in await self.bus.call(sql.live_presence):
                 if presence.node is not None and presence.node != self.name:
@@ -134,6 +138,28 @@ class ClusterNode:
             nursery.start_soon(self._follow_credentials)
             logger.info("node=%s joined the cluster (lease %s s)", self.name, self.lease_s)
             task_status.started()
+
+    async def release(self) -> None:
+        """After the node stopped (its last changes committed), give up its lease, so that a
+        live node adopts its unfinished batches at once rather than once the lease lapses.
+        Best effort and bounded: on failure the lease simply lapses, as after a crash."""
+        if not self._joined:
+            return
+        with trio.move_on_after(RELEASE_S, shield=True) as bounded:
+            try:
+                released = await self.bus.call_once(sql.release, self.name, self.incarnation)
+            except Exception as exc:  # the database may be why the node stops
+                logger.warning(
+                    "node=%s could not give up its lease (%s): it lapses in %s s",
+                    self.name,
+                    type(exc).__name__,
+                    self.lease_s,
+                )
+                return
+        if bounded.cancelled_caught:
+            logger.warning("node=%s could not give up its lease in %s s", self.name, RELEASE_S)
+        elif released:
+            logger.info("node=%s gave up its lease: a live node adopts its batches", self.name)
 
     async def _lease(self) -> None:
         """Adopt the batches of nodes whose lease lapsed (the bus renews this node's own)."""

@@ -187,6 +187,17 @@ def renew(cur: Any, name: str, incarnation: str, lease_s: float) -> bool:
     return bool(cur.rowcount == 1)
 
 
+def release(cur: Any, name: str, incarnation: str) -> bool:
+    """Give up the node's lease (it stops on purpose): live nodes adopt its batches at their
+    next look instead of a lease later. False when the lease was no longer this incarnation's."""
+    cur.execute(
+        "UPDATE fleet_node SET lease_until = now() - interval '1 second'"
+        " WHERE name = %s AND incarnation = %s",
+        (name, incarnation),
+    )
+    return bool(cur.rowcount == 1)
+
+
 def claim_own(cur: Any, name: str) -> list[str]:
     """At start: this node's unfinished batches, plus any nobody owns (a single server's)."""
     cur.execute(
