@@ -16,7 +16,7 @@ import httpx
 import pytest
 import trio
 
-from .conftest import GRPC, READY, read_until, stop
+from .conftest import GRPC, READY, agent_process, read_until, stop
 
 DSN_ENV = "FLEET_TEST_POSTGRES_DSN"
 
@@ -122,28 +122,8 @@ class Node:
 async def start_agent(
     servers: list[str], vps: dict[str, object], tmp_path: Path, marker: Path
 ) -> trio.Process:
-    secret = tmp_path / f"agent-{vps['id']}.secret"
-    secret.write_text(str(vps["agent_secret"]))
-    os.chmod(secret, 0o600)
-    return await trio.lowlevel.open_process(
-        [
-            sys.executable,
-            "-m",
-            "fleet.agent",
-            "--server",
-            ",".join(servers),
-            "--vps-id",
-            str(vps["id"]),
-            "--secret-file",
-            str(secret),
-            "--terminate-grace",
-            "1",
-            "--log-level",
-            "WARNING",
-            "--state-dir",
-            str(tmp_path / f"agent-{vps['id']}.state"),
-        ],
-        env={**os.environ, "MARKER": str(marker)},
+    return await agent_process(
+        ",".join(servers), vps, tmp_path, env={**os.environ, "MARKER": str(marker)}
     )
 
 

@@ -97,6 +97,13 @@ async def fleet_server(tmp_path: Path) -> AsyncIterator[ServerProcess]:
 async def start_agent(
     server: ServerProcess, vps: dict[str, object], tmp_path: Path
 ) -> trio.Process:
+    return await agent_process(server.grpc, vps, tmp_path)
+
+
+async def agent_process(
+    servers: str, vps: dict[str, object], tmp_path: Path, env: dict[str, str] | None = None
+) -> trio.Process:
+    """``fleet-agent --server servers`` for ``vps``, its secret and state under ``tmp_path``."""
     secret = tmp_path / f"agent-{vps['id']}.secret"
     secret.write_text(str(vps["agent_secret"]))
     os.chmod(secret, 0o600)
@@ -106,7 +113,7 @@ async def start_agent(
             "-m",
             "fleet.agent",
             "--server",
-            server.grpc,
+            servers,
             "--vps-id",
             str(vps["id"]),
             "--secret-file",
@@ -118,4 +125,5 @@ async def start_agent(
             "--state-dir",
             str(tmp_path / f"agent-{vps['id']}.state"),
         ],
+        env=env,
     )

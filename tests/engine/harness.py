@@ -109,7 +109,7 @@ class Feed:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     watching: bool = True
 
-    def publish(self, topic: str, event: dict[str, Any]) -> None:
+    def publish(self, topic: str, event: dict[str, Any], *, text: str | None = None) -> None:
         self.events.append((topic, event))
 
     def has_subscribers(self, topic: str) -> bool:

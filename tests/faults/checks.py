@@ -38,6 +38,15 @@ async def post_batch(fleet: Fleet, content: str) -> str:
     return str(response.json()["batch_command_id"])
 
 
+async def post_streaming_batch(fleet: Fleet, content: str) -> str:
+    """``post_batch``, then wait (20 s at most) until every child has streamed some output:
+    the moment a fault hurts most."""
+    batch = await post_batch(fleet, content)
+    with trio.fail_after(20):
+        await wait_batch(fleet, batch, lambda b: all(t["stdout_bytes"] > 0 for t in b["tasks"]))
+    return batch
+
+
 async def _get(fleet: Fleet, path: str) -> httpx.Response | None:
     """GET on the current server; None while it is down or restarting."""
     try:

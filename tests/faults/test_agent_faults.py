@@ -8,7 +8,7 @@ import signal
 import pytest
 import trio
 
-from .checks import check, post_batch, wait_batch
+from .checks import check, post_streaming_batch
 from .conftest import OpenFleet
 
 pytestmark = pytest.mark.faults
@@ -33,11 +33,7 @@ async def test_agent_sigkill_then_restart(
     with trio.fail_after(120):
         async with open_fleet(n=6, grace=grace) as fleet:
             content, expected = fleet.command("a", lines=60, interval=0.05)
-            batch = await post_batch(fleet, content)
-            with trio.fail_after(20):
-                await wait_batch(
-                    fleet, batch, lambda b: all(t["stdout_bytes"] > 0 for t in b["tasks"])
-                )
+            batch = await post_streaming_batch(fleet, content)
             fault_at = trio.current_time()
             hit = fleet.agents[:HIT]
             for agent in hit:
@@ -64,11 +60,7 @@ async def test_agent_sigterm_mid_command(open_fleet: OpenFleet) -> None:
     with trio.fail_after(120):
         async with open_fleet(n=6, grace=10.0) as fleet:
             content, expected = fleet.command("s", lines=60, interval=0.05)
-            batch = await post_batch(fleet, content)
-            with trio.fail_after(20):
-                await wait_batch(
-                    fleet, batch, lambda b: all(t["stdout_bytes"] > 0 for t in b["tasks"])
-                )
+            batch = await post_streaming_batch(fleet, content)
             fault_at = trio.current_time()
             hit = fleet.agents[:HIT]
             for agent in hit:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from .checks import check, post_batch, wait_batch
+from .checks import check, post_streaming_batch
 from .conftest import OpenFleet
 
 pytestmark = pytest.mark.faults
@@ -28,11 +28,7 @@ async def test_network_cut(open_fleet: OpenFleet, stall: bool, when: str) -> Non
     with trio.fail_after(120):
         async with open_fleet(n=6, grace=grace) as fleet:
             content, expected = fleet.command("n", lines=40, interval=0.05)
-            batch = await post_batch(fleet, content)
-            with trio.fail_after(20):
-                await wait_batch(
-                    fleet, batch, lambda b: all(t["stdout_bytes"] > 0 for t in b["tasks"])
-                )
+            batch = await post_streaming_batch(fleet, content)
             fault_at = trio.current_time()
             proxy = fleet.server.proxy
             proxy.cut(stall=stall)

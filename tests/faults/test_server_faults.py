@@ -9,7 +9,7 @@ import signal
 import pytest
 import trio
 
-from .checks import check, post_batch, wait_batch
+from .checks import check, post_batch, post_streaming_batch
 from .conftest import OpenFleet
 
 pytestmark = pytest.mark.faults
@@ -42,11 +42,7 @@ async def test_server_sigkill_mid_output(open_fleet: OpenFleet) -> None:
     with trio.fail_after(120):
         async with open_fleet(n=6, grace=ROOMY_GRACE) as fleet:
             content, expected = fleet.command("o", lines=30, interval=0.05)
-            batch = await post_batch(fleet, content)
-            with trio.fail_after(20):  # every child has streamed some output
-                await wait_batch(
-                    fleet, batch, lambda b: all(t["stdout_bytes"] > 0 for t in b["tasks"])
-                )
+            batch = await post_streaming_batch(fleet, content)
             fault_at = trio.current_time()
             fleet.server.signal(signal.SIGKILL)
             await fleet.server.wait()
@@ -61,11 +57,7 @@ async def test_server_sigterm_mid_batch(open_fleet: OpenFleet) -> None:
     with trio.fail_after(120):
         async with open_fleet(n=6, grace=ROOMY_GRACE) as fleet:
             content, expected = fleet.command("t", lines=30, interval=0.05)
-            batch = await post_batch(fleet, content)
-            with trio.fail_after(20):
-                await wait_batch(
-                    fleet, batch, lambda b: all(t["stdout_bytes"] > 0 for t in b["tasks"])
-                )
+            batch = await post_streaming_batch(fleet, content)
             fault_at = trio.current_time()
             fleet.server.signal(signal.SIGTERM)
             assert await fleet.server.wait() == 0

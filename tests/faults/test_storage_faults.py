@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from .checks import check, post_batch, wait_batch
+from .checks import check, post_batch, post_streaming_batch, wait_batch
 from .cluster import FINAL
 from .conftest import OpenFleet
 
@@ -148,11 +148,7 @@ async def test_postgres_connections_dropped_under_a_batch(
     with trio.fail_after(120):
         async with open_fleet(n=6, grace=GRACE, db=f"{PG}/{name}") as fleet:
             content, expected = fleet.command("p", lines=40, interval=0.05)
-            batch = await post_batch(fleet, content)
-            with trio.fail_after(20):
-                await wait_batch(
-                    fleet, batch, lambda b: all(t["stdout_bytes"] > 0 for t in b["tasks"])
-                )
+            batch = await post_streaming_batch(fleet, content)
             fault_at = trio.current_time()
             assert await trio.to_thread.run_sync(terminate) >= 1
             await trio.sleep(0.5)  # the second drop comes while it reconnects

@@ -3,13 +3,13 @@ feed events go, and how a report travels (``fleet.server.cluster.node`` drives t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from fleet.proto import agent_service as pb
 from fleet.server.agents import AgentRegistry, SessionClosed
-from fleet.server.batchrun import Publisher, Recorder
+from fleet.server.batchrun import Recorder
+from fleet.server.http.feed import FeedHub, encode
 from fleet.server.supervisor import VPS_TOPIC
 
 from .bus import Bus
@@ -64,19 +64,21 @@ class ClusterFeed:
     overlap is skipped, as after a reconnect) and its bytes go in the same or an earlier
     transaction (``RunDeps.chunks``)."""
 
-    def __init__(self, hub: Publisher, bus: Bus, recorder: Recorder) -> None:
+    def __init__(self, hub: FeedHub, bus: Bus, recorder: Recorder) -> None:
         self._hub = hub
         self._bus = bus
         self._recorder = recorder
 
     def publish(self, batch_id: str, event: dict[str, Any]) -> None:
-        self._hub.publish(batch_id, event)
-        if batch_id != VPS_TOPIC:
-            text = json.dumps(event)
-            if event.get("type") == "NEW_LOG_OUTPUT":
-                self._bus.post_feed(batch_id, text)
-            else:
-                self._recorder.after_flush(lambda: self._bus.post_feed(batch_id, text))
+        if batch_id == VPS_TOPIC:
+            self._hub.publish(batch_id, event)
+            return
+        text = encode(event)  # once, for the subscribers here and for the other nodes
+        self._hub.publish(batch_id, event, text=text)
+        if event.get("type") == "NEW_LOG_OUTPUT":
+            self._bus.post_feed(batch_id, text)
+        else:
+            self._recorder.after_flush(lambda: self._bus.post_feed(batch_id, text))
 
     def has_subscribers(self, batch_id: str) -> bool:
         return True  # subscribers may be on another node

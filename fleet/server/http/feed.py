@@ -17,7 +17,12 @@ from typing import Any
 
 import trio
 
-__all__ = ["FeedHub", "Overrun", "Subscription"]
+__all__ = ["FeedHub", "Overrun", "Subscription", "encode"]
+
+
+def encode(event: dict[str, Any]) -> str:
+    """An event as its WebSocket message (compact JSON)."""
+    return json.dumps(event, separators=(",", ":"))
 
 
 class Overrun(Exception):
@@ -96,11 +101,14 @@ class FeedHub:
         """Subscribers of every topic (for the metrics)."""
         return sum(len(subs) for subs in self._topics.values())
 
-    def publish(self, topic: str, event: dict[str, Any]) -> None:
+    def publish(self, topic: str, event: dict[str, Any], *, text: str | None = None) -> None:
+        """Queue ``event`` for ``topic``'s subscribers; ``text``: its ``encode``, if the caller
+        has it already."""
         subs = self._topics.get(topic)
         if not subs:
             return
-        text = json.dumps(event, separators=(",", ":"))
+        if text is None:
+            text = encode(event)
         for sub in subs:
             if sub.accept is None or sub.accept(event):
                 sub.put(text)

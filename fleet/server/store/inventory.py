@@ -35,7 +35,8 @@ class InventoryStore(StoreBase):
 
     def _vps_rows(self, where: str = "", params: Sequence[Any] = ()) -> list[VpsRecord]:
         """VPS records read with one plain query (no ORM objects: 10,000 rows for a batch or
-        a page of the inventory cost a few milliseconds, not a second), by id."""
+        a page of the inventory cost a few milliseconds, not a second), by id. Reads use it;
+        ``_vps_record`` is for an ORM object just written in the same session."""
         cur = self._cursor()
         cur.execute(f"SELECT {_VPS_COLS} FROM vps {where} ORDER BY id", tuple(params))
         sql = self._sql
@@ -102,7 +103,10 @@ class InventoryStore(StoreBase):
 
     @db_session
     def get_vps(self, vps_id: int) -> VpsRecord:
-        return self._vps_record(self._vps(vps_id))
+        found = self._vps_rows(f"WHERE id = {self._sql.ph}", (vps_id,))
+        if not found:
+            raise NotFound("vps", vps_id)
+        return found[0]
 
     @db_session
     def vps_with_tags(self, tags: Iterable[str]) -> dict[int, VpsRecord]:
@@ -110,11 +114,7 @@ class InventoryStore(StoreBase):
         wanted = set(tags)
         if not wanted:
             return {}
-        return {
-            v.id: self._vps_record(v)
-            for v in self._e.Vps.select()
-            if wanted.intersection(v.tags or ())
-        }
+        return {v.id: v for v in self._vps_rows() if wanted.intersection(v.tags)}
 
     @db_session
     def get_vps_many(self, ids: Iterable[int]) -> dict[int, VpsRecord]:
